@@ -1,0 +1,180 @@
+"""Run directories: ``model.safetensors`` + ``config.json`` + ``metrics.json``. No pickle.
+
+``config.json`` holds everything needed to rebuild the model and its data::
+
+    {"format": "brainsurgeon-run", "format_version": 1,
+     "model": {"name", "input_shape", "num_classes", "kwargs"},
+     "data": {"name", ...}, "normalization": {"mean", "std"},
+     "training": {...}, "seed": 0, "versions": {...},
+     "edits": [...],             # architecture edits replayed before loading (factorize, ...)
+     "parametrizations": [...],  # masks / quantizers re-created before loading
+     "compression": {...},       # what each technique records about itself
+     "history": [...]}           # the steps that made this run, in order
+
+``load`` rebuilds the model from the spec, replays edits, re-creates parametrizations and
+loads the tensors with ``safetensors``; every failure is a :class:`RunDirError` naming the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import state
+from ._io import atomic_dir, write_json
+from .errors import BrainsurgeonError, RunDirError
+from .utils import environment
+
+FORMAT = "brainsurgeon-run"
+FORMAT_VERSION = 1
+MODEL_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.json"
+
+
+@dataclass
+class Run:
+    """A loaded run directory: the model, its config and metrics."""
+
+    path: Path
+    model: nn.Module
+    config: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def data(self, **overrides: Any):
+        """Load the data this run was trained on, normalised with the recorded statistics."""
+        from .data import load_data
+
+        spec = {**self.config.get("data", {}), **overrides}
+        return load_data(spec.pop("name"), normalization=self.config.get("normalization"), **spec)
+
+    def child_config(self, step: dict[str, Any]) -> dict[str, Any]:
+        """A copy of this run's config with ``step`` appended to the history (for derived runs)."""
+        cfg = copy.deepcopy(self.config)
+        cfg.setdefault("history", []).append({**step, "parent": str(self.path)})
+        return cfg
+
+
+def save(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    files: dict[str, str | bytes] | None = None,
+    force: bool = False,
+) -> Path:
+    """Write a run directory atomically (complete or not at all); returns its path.
+
+    ``config``: run fields (data, normalization, training, history, compression, ...); the
+    model spec, edits, parametrizations and versions are filled in here. ``files``: extra
+    files (name -> text or bytes) written inside the directory.
+    """
+    spec = state.spec_of(model)
+    if spec is None:
+        raise RunDirError(
+            "this model carries no spec; build it with brainsurgeon.build_model(...) or "
+            "attach one with brainsurgeon.state.set_spec(model, spec) before saving"
+        )
+    cfg = dict(config or {})
+    cfg.update(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        model=spec,
+        edits=state.edits_of(model),
+        parametrizations=state.describe(model),
+        versions=environment(),
+    )
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    path = Path(path)
+    with atomic_dir(path, force=force) as tmp:
+        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
+        write_json(tmp / CONFIG_FILE, _ordered(cfg))
+        write_json(tmp / METRICS_FILE, metrics or {})
+        for name, content in (files or {}).items():
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                target.write_text(content)
+    return path
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate ``config.json`` of a run directory."""
+    path = Path(path)
+    if not path.exists():
+        raise RunDirError(f"run directory {path} does not exist; train one with "
+                          "`brainsurgeon train --out DIR` or check the path")
+    if not path.is_dir():
+        raise RunDirError(f"{path} is not a directory; pass a run directory made by brainsurgeon")
+    cfg_path = path / CONFIG_FILE
+    if not cfg_path.exists():
+        raise RunDirError(f"{path} has no {CONFIG_FILE}; it is not a brainsurgeon run directory")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunDirError(f"{cfg_path} is not valid JSON ({err}); the run is corrupt, "
+                          "re-create it") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "model" not in cfg:
+        raise RunDirError(f"{cfg_path} is not a brainsurgeon run config")
+    if cfg.get("format_version", 0) > FORMAT_VERSION:
+        raise RunDirError(f"{path} was written by a newer brainsurgeon (format "
+                          f"{cfg['format_version']}); upgrade brainsurgeon")
+    return cfg
+
+
+def load_run(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Run:
+    """Load a run directory: model (with masks/quantizers/edits restored), config, metrics."""
+    from .models import build_from_spec
+
+    path = Path(path)
+    cfg = read_config(path)
+    weights = path / MODEL_FILE
+    if not weights.exists():
+        raise RunDirError(f"{path} has no {MODEL_FILE}; the run is incomplete, re-create it")
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise RunDirError(f"{weights} is corrupt ({err}); re-create the run") from None
+    try:
+        model = build_from_spec(cfg["model"])
+        state.apply_edits(model, cfg.get("edits", []))
+        state.restore(model, cfg.get("parametrizations", []))
+    except BrainsurgeonError:
+        raise
+    except Exception as err:  # a spec that no longer builds: say so plainly
+        raise RunDirError(f"cannot rebuild the model of {path}: {err}") from None
+    state.set_spec(model, cfg["model"])
+    for rec in cfg.get("edits", []):
+        model.__dict__.setdefault(state.EDITS_ATTR, []).append(rec)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise RunDirError(f"{weights} does not match the model in {CONFIG_FILE} ({first}); "
+                          "the run is corrupt or was edited by hand") from None
+    model.to(device).eval()
+    metrics_path = path / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return Run(path=path, model=model, config=cfg, metrics=metrics)
+
+
+def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model of a run directory, with its compression state, on ``device``."""
+    return load_run(path, device=device).model
+
+
+def _ordered(cfg: dict[str, Any]) -> dict[str, Any]:
+    first = ["format", "format_version", "model", "data", "normalization", "seed", "training"]
+    out = {k: cfg[k] for k in first if k in cfg}
+    out.update({k: v for k, v in cfg.items() if k not in out})
+    return out

@@ -1,0 +1,54 @@
+"""Training options as a frozen config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import Config
+from ..errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("none", "step", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    """Options of :func:`brainsurgeon.training.fit`.
+
+    ``lr_step`` / ``lr_gamma``: the step schedule multiplies the rate by ``lr_gamma`` every
+    ``lr_step`` epochs (Han's fine-tuning: halve every 2 epochs). ``patience``: early stopping
+    on validation accuracy (0 = off); the best epoch's weights are restored. ``l1`` / ``l2`` add
+    ``lambda * sum |w|^r`` over weight tensors to the loss (``weight_decay`` is the optimizer's).
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    lr_step: int = 2
+    lr_gamma: float = 0.5
+    patience: int = 0
+    l1: float = 0.0
+    l2: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}; e.g. --epochs 10")
+        if self.batch_size <= 0:
+            raise ConfigError(f"batch size must be > 0, got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown lr schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        for name in ("weight_decay", "l1", "l2", "momentum"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.patience < 0:
+            raise ConfigError(f"patience must be >= 0, got {self.patience}")
