@@ -1,0 +1,82 @@
+"""The ``brainsurgeon`` command: thin subcommands over the library.
+
+Each subcommand lives in its own module under ``brainsurgeon.cli`` and exposes
+``register(subparsers)``, which adds a parser whose ``func(args) -> int`` does the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .. import __version__
+from ..errors import BrainsurgeonError
+
+# Order = order in --help. A module that is absent (not yet built) is skipped.
+COMMAND_MODULES = [
+    "demo", "train", "evaluate", "inspect", "data_cmd",
+    "prune", "saliency_check",
+    "quantize",
+    "distill", "factorize",
+    "compare", "study", "sensitivity", "report", "recipe",
+]
+
+EPILOG = """\
+typical session:
+  brainsurgeon train --model lenet300 --data mnist --epochs 20 --out runs/lenet
+  brainsurgeon prune runs/lenet --criterion obd-sd --amount 0.9 --schedule iterative \\
+      --rounds 5 --finetune-epochs 2 --out runs/lenet-pruned
+  brainsurgeon inspect runs/lenet-pruned
+  brainsurgeon report runs/lenet-pruned
+
+Every command accepts --json (one JSON document on stdout). Errors exit with code 2.
+Set BRAINSURGEON_DEBUG=1 to see tracebacks."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="brainsurgeon",
+        description="Make trained PyTorch networks smaller and faster without losing accuracy.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"brainsurgeon {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"brainsurgeon.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"brainsurgeon.cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except BrainsurgeonError as err:
+        if os.environ.get("BRAINSURGEON_DEBUG"):
+            raise
+        print(f"brainsurgeon {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"brainsurgeon {args.command}: interrupted; finished steps are kept "
+              "(re-run with --resume where the command supports it)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

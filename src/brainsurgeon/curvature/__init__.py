@@ -1,0 +1,1 @@
+"""Curvature statistics: accumulators fed by hooks or torch.func, then pure solvers."""

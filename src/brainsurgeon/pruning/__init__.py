@@ -1,0 +1,1 @@
+"""Pruning engine: criteria score, selectors choose, masks apply, schedules repeat."""
