@@ -112,8 +112,10 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate ``config.json`` of a run directory."""
     path = Path(path)
     if not path.exists():
-        raise RunDirError(f"run directory {path} does not exist; train one with "
-                          "`brainsurgeon train --out DIR` or check the path")
+        raise RunDirError(
+            f"run directory {path} does not exist; train one with "
+            "`brainsurgeon train --out DIR` or check the path"
+        )
     if not path.is_dir():
         raise RunDirError(f"{path} is not a directory; pass a run directory made by brainsurgeon")
     cfg_path = path / CONFIG_FILE
@@ -122,13 +124,16 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     try:
         cfg = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunDirError(f"{cfg_path} is not valid JSON ({err}); the run is corrupt, "
-                          "re-create it") from None
+        raise RunDirError(
+            f"{cfg_path} is not valid JSON ({err}); the run is corrupt, re-create it"
+        ) from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "model" not in cfg:
         raise RunDirError(f"{cfg_path} is not a brainsurgeon run config")
     if cfg.get("format_version", 0) > FORMAT_VERSION:
-        raise RunDirError(f"{path} was written by a newer brainsurgeon (format "
-                          f"{cfg['format_version']}); upgrade brainsurgeon")
+        raise RunDirError(
+            f"{path} was written by a newer brainsurgeon (format "
+            f"{cfg['format_version']}); upgrade brainsurgeon"
+        )
     return cfg
 
 
@@ -160,8 +165,10 @@ def load_run(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> 
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
         first = str(err).splitlines()[0]
-        raise RunDirError(f"{weights} does not match the model in {CONFIG_FILE} ({first}); "
-                          "the run is corrupt or was edited by hand") from None
+        raise RunDirError(
+            f"{weights} does not match the model in {CONFIG_FILE} ({first}); "
+            "the run is corrupt or was edited by hand"
+        ) from None
     model.to(device).eval()
     metrics_path = path / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}

@@ -2,9 +2,9 @@
 
 Two kinds of state:
 
-* **Parametrizations** (masks, fake quantization, codebooks) subclass :class:`StatefulParametrization`
-  and are registered with ``torch.nn.utils.parametrize``. Their tensors are buffers, so they
-  travel in ``state_dict``; their constructor arguments are JSON (``config()``), so a run
+* **Parametrizations** (masks, fake quantization, codebooks) subclass
+  :class:`StatefulParametrization` and are registered with ``torch.nn.utils.parametrize``.
+  Their tensors are buffers, so they travel in ``state_dict``; their constructor arguments are JSON (``config()``), so a run
   directory can re-create them before loading the weights. ``make_permanent`` bakes them in.
 * **Edits** change the architecture (low-rank factorization, structured surgery, hashed layers).
   Each edit kind registers ``apply(model, record)`` which rebuilds the structure (with
@@ -79,8 +79,9 @@ def describe(model: nn.Module) -> list[dict[str, Any]]:
             for p in chain:
                 if not isinstance(p, StatefulParametrization):
                     raise RunDirError(
-                        f"{module_name}.{tensor_name} carries a {type(p).__name__} parametrization "
-                        "that brainsurgeon cannot save; remove it or subclass StatefulParametrization"
+                        f"{module_name}.{tensor_name} carries a {type(p).__name__} "
+                        "parametrization that brainsurgeon cannot save; remove it or "
+                        "subclass StatefulParametrization"
                     )
                 items.append({"kind": p.kind, "config": p.config()})
             records.append({"module": module_name, "tensor": tensor_name, "chain": items})
@@ -116,8 +117,20 @@ def make_permanent(model: nn.Module, kinds: set[str] | None = None) -> nn.Module
         for tensor_name in list(module.parametrizations.keys()):
             chain = module.parametrizations[tensor_name]
             if kinds is None or all(getattr(p, "kind", None) in kinds for p in chain):
+                _own_class(module)
                 parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
     return model
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give ``module`` a private copy of its parametrized class before removing a parametrization.
+
+    ``deepcopy`` of a parametrized module shares torch's dynamically made ``Parametrized*``
+    class, and ``remove_parametrizations`` deletes the property from that class, which would
+    break every copy; a private class keeps the copies independent.
+    """
+    cls = module.__class__
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
 
 
 def original(module: nn.Module, tensor_name: str = "weight") -> torch.Tensor:

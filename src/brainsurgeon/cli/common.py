@@ -13,12 +13,17 @@ from .._io import _default
 
 def add_common(parser: argparse.ArgumentParser, *, device: bool = True, seed: bool = True) -> None:
     """``--json``, ``--quiet`` and (optionally) ``--device``, ``--seed`` on every command."""
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON document on stdout instead of tables")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout instead of tables"
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     if device:
-        parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
-                            help="where to compute (default: auto = cuda if available)")
+        parser.add_argument(
+            "--device",
+            default="auto",
+            metavar="auto|cpu|cuda",
+            help="where to compute (default: auto = cuda if available)",
+        )
     if seed:
         parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
@@ -43,7 +48,10 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for k, row in enumerate(cells):
-        parts = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        parts = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("  ".join(parts))
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))

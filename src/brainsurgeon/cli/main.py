@@ -16,11 +16,21 @@ from ..errors import BrainsurgeonError
 
 # Order = order in --help. A module that is absent (not yet built) is skipped.
 COMMAND_MODULES = [
-    "demo", "train", "evaluate", "inspect", "data_cmd",
-    "prune", "saliency_check",
+    "demo",
+    "train",
+    "evaluate",
+    "inspect",
+    "data_cmd",
+    "prune",
+    "saliency_check",
     "quantize",
-    "distill", "factorize",
-    "compare", "study", "sensitivity", "report", "recipe",
+    "distill",
+    "factorize",
+    "compare",
+    "study",
+    "sensitivity",
+    "report",
+    "recipe",
 ]
 
 EPILOG = """\
@@ -73,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"brainsurgeon {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"brainsurgeon {args.command}: interrupted; finished steps are kept "
-              "(re-run with --resume where the command supports it)", file=sys.stderr)
+        print(
+            f"brainsurgeon {args.command}: interrupted; finished steps are kept "
+            "(re-run with --resume where the command supports it)",
+            file=sys.stderr,
+        )
         return 130
 
 

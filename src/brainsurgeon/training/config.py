@@ -42,9 +42,13 @@ class TrainConfig(Config):
         if self.batch_size <= 0:
             raise ConfigError(f"batch size must be > 0, got {self.batch_size}")
         if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+            raise ConfigError(
+                f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
+            )
         if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown lr schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+            raise ConfigError(
+                f"unknown lr schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}"
+            )
         if not self.lr > 0:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
         for name in ("weight_decay", "l1", "l2", "momentum"):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.core import DataBundle, Dataset, DataLike, as_dataset
+from ..data.core import DataBundle, DataLike, Dataset, as_dataset
 from ..errors import NumericalError
 from ..utils import module_device, resolve_device
 from .config import TrainConfig
@@ -87,7 +87,7 @@ def evaluate(
     batch_size: int = 1024,
     device: str | torch.device | None = None,
 ) -> dict[str, float]:
-    """Accuracy, mean cross-entropy loss and error count on a split: ``{"accuracy", "loss", ...}``."""
+    """Accuracy, mean cross-entropy loss and error count on a split of ``data``."""
     dataset = as_dataset(data, split)
     device = module_device(model) if device is None else resolve_device(device)
     was_training = model.training
@@ -106,7 +106,7 @@ def evaluate(
 def fit(
     model: nn.Module,
     data: DataLike,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig | None = None,
     *,
     val: Dataset | None = None,
     device: str | torch.device = "auto",
@@ -115,13 +115,16 @@ def fit(
     params: list[torch.nn.Parameter] | None = None,
     progress: bool = True,
     desc: str = "train",
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place; return one metrics dict per epoch.
 
     ``data``: a :class:`DataBundle` (train split used, val split for early stopping) or a
     :class:`Dataset`. ``loss_fn(model, x, y)`` replaces cross entropy (distillation);
-    ``penalties`` are added to the loss; ``params`` restricts what is optimised.
+    ``penalties`` are added to the loss; ``params`` restricts what is optimised;
+    ``on_epoch(record)`` is called after every epoch (progress lines, checkpoints).
     """
+    config = config or TrainConfig()
     device = resolve_device(device)
     train_set = as_dataset(data, "train")
     if val is None and isinstance(data, DataBundle):
@@ -139,14 +142,26 @@ def fit(
     for epoch in range(config.epochs):
         for group in opt.param_groups:
             group["lr"] = config.lr * lr_factor(config, epoch)
-        record = _epoch(model, train_set, opt, loss_fn, penalties, config, gen, device, progress,
-                        f"{desc} {epoch + 1}/{config.epochs}")
+        record = _epoch(
+            model,
+            train_set,
+            opt,
+            loss_fn,
+            penalties,
+            config,
+            gen,
+            device,
+            progress,
+            f"{desc} {epoch + 1}/{config.epochs}",
+        )
         record["epoch"] = epoch + 1
         record["lr"] = opt.param_groups[0]["lr"]
         if val is not None and len(val):
             ev = evaluate(model, val, device=device)
             record["val_accuracy"], record["val_loss"] = ev["accuracy"], ev["loss"]
         history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
         if config.patience and val is not None:
             if record["val_accuracy"] > best[0]:
                 best, stale = (record["val_accuracy"], copy.deepcopy(model.state_dict())), 0

@@ -58,7 +58,7 @@ class SaliencyContext:
 
 
 class Criterion:
-    """Base class. Subclasses set ``needs_data`` and implement ``scores``.
+    """Base class. Subclasses set ``needs_data`` (and ``loss_scale``) and implement ``scores``.
 
     Constructor keyword arguments are the criterion's options (e.g. ``hessian="ggn"``);
     unknown options are refused by the registry's ``make_criterion``.
@@ -66,6 +66,9 @@ class Criterion:
 
     name: ClassVar[str] = ""
     needs_data: ClassVar[bool] = True
+    #: True when scores estimate the loss increase itself (OBD, OBS, measured damage), so
+    #: ``saliency-check`` can report the error of the predicted loss change, not only ranks.
+    loss_scale: ClassVar[bool] = False
 
     def scores(self, ctx: SaliencyContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -102,7 +105,9 @@ def make_criterion(name: str, **options: Any) -> Criterion:
     valid = [p for p in params if p not in ("self", "args", "kwargs")]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ConfigError(f"criterion {name!r} has no option(s) {unknown}; valid: {valid or 'none'}")
+        raise ConfigError(
+            f"criterion {name!r} has no option(s) {unknown}; valid: {valid or 'none'}"
+        )
     crit = cls(**options)
     crit._options = dict(options)
     return crit

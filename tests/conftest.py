@@ -1,0 +1,60 @@
+"""Shared fixtures: the digits data and a small trained run (built once per session)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("BRAINSURGEON_CACHE", os.path.join(os.path.dirname(__file__), ".cache"))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from brainsurgeon.data import load_data
+
+    return load_data("digits", seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, digits):
+    """A lenet300-on-digits run directory trained for a few epochs (about a second)."""
+    from brainsurgeon import runs
+    from brainsurgeon.models import build_model
+    from brainsurgeon.training import TrainConfig, evaluate, fit
+    from brainsurgeon.utils import seed_everything
+
+    seed_everything(0)
+    model = build_model("lenet300", digits.input_shape, digits.num_classes)
+    fit(model, digits, TrainConfig(epochs=5, lr=0.05), progress=False)
+    path = tmp_path_factory.mktemp("runs") / "lenet300-digits"
+    cfg = {
+        "data": digits.spec,
+        "normalization": digits.normalization,
+        "seed": 0,
+        "training": TrainConfig(epochs=5).to_dict(),
+        "history": [{"step": "train"}],
+    }
+    runs.save(
+        model, path, config=cfg, metrics={"test_accuracy": evaluate(model, digits)["accuracy"]}
+    )
+    return path
+
+
+def run_cli(*args: str, check: bool = False, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the real entry point in a subprocess."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "brainsurgeon.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
