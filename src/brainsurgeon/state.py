@@ -4,8 +4,9 @@ Two kinds of state:
 
 * **Parametrizations** (masks, fake quantization, codebooks) subclass
   :class:`StatefulParametrization` and are registered with ``torch.nn.utils.parametrize``.
-  Their tensors are buffers, so they travel in ``state_dict``; their constructor arguments are JSON (``config()``), so a run
-  directory can re-create them before loading the weights. ``make_permanent`` bakes them in.
+  Their tensors are buffers, so they travel in ``state_dict``; their constructor arguments
+  are JSON (``config()``), so a run directory can re-create them before loading the weights.
+  ``make_permanent`` bakes them in.
 * **Edits** change the architecture (low-rank factorization, structured surgery, hashed layers).
   Each edit kind registers ``apply(model, record)`` which rebuilds the structure (with
   placeholder weights) from a JSON record; ``brainsurgeon.load`` replays the records in order.
