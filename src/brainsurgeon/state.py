@@ -89,8 +89,31 @@ def describe(model: nn.Module) -> list[dict[str, Any]]:
     return records
 
 
+# Packages whose import registers parametrization and edit kinds; imported on demand by
+# ``restore``/``apply_edits`` so loading a run never depends on what the caller imported.
+PLUGIN_MODULES = (
+    "brainsurgeon.pruning.masks",
+    "brainsurgeon.quantization",
+    "brainsurgeon.factorization",
+    "brainsurgeon.models.hashed",
+)
+
+
+def import_plugins() -> None:
+    import importlib
+
+    for name in PLUGIN_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:  # a technique this install does not have
+            if err.name is None or not name.startswith(err.name):
+                raise
+
+
 def restore(model: nn.Module, records: list[dict[str, Any]]) -> None:
     """Re-create the parametrizations described by ``records`` (values come from state_dict)."""
+    if records:
+        import_plugins()
     for rec in records:
         module = model.get_submodule(rec["module"])
         for item in rec["chain"]:
@@ -102,6 +125,8 @@ def restore(model: nn.Module, records: list[dict[str, Any]]) -> None:
 
 def apply_edits(model: nn.Module, records: list[dict[str, Any]]) -> None:
     """Replay architecture edits (e.g. factorization) in order, before weights are loaded."""
+    if records:
+        import_plugins()
     for rec in records:
         EDITS.get(rec["kind"])(model, rec)
 
