@@ -100,3 +100,14 @@ def test_corrupt_safetensors(tmp_path, trained_run):
     shutil.copytree(trained_run, bad)
     (bad / "model.safetensors").write_bytes(b"garbage")
     assert_clean_error(run_cli("evaluate", str(bad)), "corrupt", "re-create")
+
+
+def test_demo_writes_runs_and_compares(tmp_path):
+    proc = run_cli("demo", "--out", str(tmp_path / "demo"), "--json", "--quiet", check=True)
+    result = json.loads(proc.stdout)
+    before, after = result["before"], result["after"]
+    assert after["nonzeros"] < before["nonzeros"]
+    assert after["accuracy"] > 0.85
+    assert (tmp_path / "demo").is_dir()
+    assert (json.loads(run_cli("inspect", result["final_run"], "--json", check=True).stdout)
+            ["totals"]["nonzeros"] == after["nonzeros"])

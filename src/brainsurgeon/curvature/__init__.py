@@ -1,1 +1,102 @@
-"""Curvature statistics: accumulators fed by hooks or torch.func, then pure solvers."""
+"""Curvature statistics: accumulators fed by hooks or torch.func, then pure solvers.
+
+Every accumulator has ``update(x, y)`` / ``reset()`` and a result; :func:`collect` feeds one
+with a data set in eval mode. Targets are ``{"fc1.weight": (module, "weight")}`` maps (see
+:func:`layer_targets`); statistics refer to the *effective* tensors (masks applied).
+
+=====================  ===============================================================
+``ExactDiagonal``      exact Hessian diagonal by Hessian-vector products (small nets)
+``GGNDiagonal``        Gauss-Newton diagonal (OBD's Levenberg-Marquardt), layer rules
+``GradientStats``      mean gradient, mean |per-sample gradient|, empirical Fisher diag
+``HutchinsonDiagonal`` ``E[v * Hv]`` with Rademacher probes
+``DamageStats``        Welford mean / sd of the per-sample damage (OBD-SD)
+``InverseFisher``      inverse empirical Fisher by Woodbury, exact or WoodFisher blocks
+``LayerInputStats``    ``H = 2 X X^T / N`` of a layer's inputs (layer-wise OBS, GPTQ)
+=====================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.core import Dataset
+from .backend import METHODS, PerSampleBackend
+from .diagonal import ExactDiagonal, GGNDiagonal, GradientStats, HutchinsonDiagonal
+from .inverse import BlockLayout, InverseFisher, WoodburyInverse, inverse_bytes
+from .layer_inputs import LayerInputStats
+from .layers import LAYER_RULES, Targets
+from .per_sample import DamageStats, Welford, damage_moments
+
+
+class _Updatable(Protocol):
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None: ...
+
+
+def collect(
+    accumulator: _Updatable,
+    model: nn.Module,
+    data: Dataset,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    desc: str = "statistics",
+) -> _Updatable:
+    """Feed ``accumulator`` every batch of ``data`` with ``model`` in eval mode; return it."""
+    was_training = model.training
+    model.eval()
+    n_batches = -(-len(data) // batch_size)
+    bar = tqdm(
+        total=n_batches,
+        desc=desc,
+        leave=False,
+        unit="batch",
+        disable=not (progress and sys.stderr.isatty()),
+    )
+    try:
+        for x, y in data.batches(batch_size, device=device):
+            accumulator.update(x, y)
+            bar.update(1)
+    finally:
+        bar.close()
+        model.train(was_training)
+    return accumulator
+
+
+def layer_targets(model: nn.Module, *, biases: bool = False) -> Targets:
+    """``{"fc1.weight": (fc1, "weight"), ...}`` for every Linear/Conv2d layer of ``model``."""
+    out: Targets = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            prefix = f"{name}." if name else ""
+            out[f"{prefix}weight"] = (module, "weight")
+            if biases and module.bias is not None:
+                out[f"{prefix}bias"] = (module, "bias")
+    return out
+
+
+__all__ = [
+    "LAYER_RULES",
+    "METHODS",
+    "BlockLayout",
+    "DamageStats",
+    "ExactDiagonal",
+    "GGNDiagonal",
+    "GradientStats",
+    "HutchinsonDiagonal",
+    "InverseFisher",
+    "LayerInputStats",
+    "PerSampleBackend",
+    "Targets",
+    "Welford",
+    "WoodburyInverse",
+    "collect",
+    "damage_moments",
+    "inverse_bytes",
+    "layer_targets",
+]

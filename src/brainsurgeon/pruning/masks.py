@@ -30,6 +30,11 @@ class Mask(StatefulParametrization):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight * self.mask.to(weight.dtype)
 
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        """``module.weight = V`` (and ``torch.func.functional_call``) stores ``V``; the mask
+        still applies on the way out."""
+        return value
+
     @classmethod
     def from_config(cls, config: dict[str, Any], original: torch.Tensor) -> Mask:
         return cls(torch.ones_like(original, dtype=torch.bool))

@@ -1,0 +1,154 @@
+"""``brainsurgeon compare``: pruning criteria (and quantizers) side by side, under one budget.
+
+Every criterion prunes the same trained run to each sparsity, scoring on the same calibration
+samples and getting the same fine-tuning budget; accuracy is measured on the whole test split,
+over several seeds (seeds vary the random criterion's draw and the fine-tuning shuffle).
+Writes OUT/compare.json (every cell, mean and spread per method), two plots (accuracy vs
+sparsity, accuracy vs compression ratio) and summary.md. Each finished cell is saved at once
+in OUT/cells/, so an interrupted comparison re-run with the same options skips them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .common import add_common, emit, parse_float_list, parse_kv_list, say, table
+
+EPILOG = """\
+examples:
+  brainsurgeon compare runs/lenet --criteria random,magnitude,obd,obd-sd,obs \\
+      --criterion-options obs:block_size=128 --sparsities 0.5,0.7,0.8,0.9,0.95,0.98 \\
+      --out results/compare
+  brainsurgeon compare runs/lenet --criteria magnitude,obd --schedule iterative --rounds 3 \\
+      --finetune-epochs 1 --seeds 3 --out results/compare-iter
+  brainsurgeon compare runs/lenet --criteria magnitude --quantizers kmeans:5,uniform:8,ternary
+then: brainsurgeon report results/compare"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="compare pruning criteria / quantizers under one budget",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="trained run directory to compress")
+    p.add_argument(
+        "--criteria",
+        default="random,magnitude",
+        help="comma-separated criteria (see `brainsurgeon prune --help`); "
+        "default: random,magnitude",
+    )
+    p.add_argument(
+        "--sparsities",
+        default="0.5,0.7,0.8,0.9,0.95,0.98",
+        help="comma-separated final sparsities in (0, 1)",
+    )
+    p.add_argument("--schedule", default="oneshot", choices=["oneshot", "iterative"])
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the iterative schedule")
+    p.add_argument("--seeds", type=int, default=1, help="repetitions per cell (default: 1)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=1000,
+        help="calibration samples shared by every criterion (default: 1000)",
+    )
+    p.add_argument("--scheme", default="global", help="selection scheme (default: global)")
+    p.add_argument(
+        "--criterion-options",
+        default="",
+        help="options per criterion as CRITERION:OPTION=VALUE pairs, e.g. "
+        "obs:block_size=128,obd:hessian=fisher",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=0,
+        help="fine-tuning epochs after each round, the same for every cell",
+    )
+    p.add_argument("--finetune-lr", type=float, default=0.005)
+    p.add_argument(
+        "--quantizers",
+        default="",
+        help="comma-separated METHOD[:BITS], e.g. kmeans:5,uniform:8,binary",
+    )
+    p.add_argument("--out", default=None, help="output folder (default: RUN-compare)")
+    p.add_argument(
+        "--force", action="store_true", help="discard an existing different comparison in --out"
+    )
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def criterion_options(text: str) -> dict[str, dict[str, Any]]:
+    """``obs:block_size=128,obd:hessian=fisher`` -> ``{"obs": {"block_size": 128}, ...}``."""
+    from ..errors import ConfigError
+
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in parse_kv_list(text, what="--criterion-options", cast=str).items():
+        crit, sep, option = key.partition(":")
+        if not sep or not crit or not option:
+            raise ConfigError(
+                f"--criterion-options: expected CRITERION:OPTION=VALUE, got "
+                f"{key}={value}; e.g. obs:block_size=128"
+            )
+        out.setdefault(crit, {})[option] = _auto(value)
+    return out
+
+
+def _auto(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..experiments import CompareConfig, compare
+
+    config = CompareConfig(
+        criteria=names(args.criteria),
+        sparsities=tuple(parse_float_list(args.sparsities, what="--sparsities")),
+        schedule=args.schedule,
+        rounds=args.rounds,
+        seeds=args.seeds,
+        seed=args.seed,
+        samples=args.samples,
+        scheme=args.scheme,
+        finetune_epochs=args.finetune_epochs,
+        finetune_lr=args.finetune_lr,
+        quantizers=names(args.quantizers),
+        criterion_options=criterion_options(args.criterion_options),
+    )
+    out = Path(args.out or f"{str(args.run).rstrip('/')}-compare")
+    payload = compare(
+        args.run, config, out, device=args.device, force=args.force, log=lambda m: say(args, m)
+    )
+    rows = [
+        [
+            r["method"],
+            "-" if r["sparsity"] is None else r["sparsity"],
+            100 * r["accuracy"]["mean"],
+            100 * r["accuracy"]["std"],
+            r["compression_ratio"]["mean"],
+        ]
+        for r in payload["summary"]
+    ]
+    text = "\n".join(
+        [
+            table(rows, ["method", "sparsity", "accuracy %", "std %", "compression x"]),
+            f"\nunpruned accuracy {100 * payload['baseline']['accuracy']:.2f}%; wrote {out}/"
+            "compare.json, plots and summary.md",
+        ]
+    )
+    emit(args, {"out": str(out), **{k: payload[k] for k in ("baseline", "summary", "plots")}}, text)
+    return 0

@@ -1,0 +1,179 @@
+"""``brainsurgeon factorize``: swap layers for truncated-SVD factor pairs, optionally fine-tune."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ConfigError, RunDirError
+from .common import add_common, emit, say, table
+
+EPILOG = """\
+examples:
+  brainsurgeon factorize runs/lenet --energy 0.95 --out runs/lenet-svd
+  brainsurgeon factorize runs/lenet --rank 32 --layers fc1,fc2 --finetune-epochs 2 --out runs/r32
+  brainsurgeon factorize runs/lenet5 --ratio 4 --layers fc1 --out runs/lenet5-fc1x4
+  brainsurgeon factorize runs/lenet --budget 0.25 --finetune-epochs 2 --out runs/lenet-b25
+
+Each factored layer W (m x n) becomes two layers (n -> k -> m) from its truncated SVD; a
+Conv2d becomes a k-channel conv followed by a 1x1 conv. The table shows each layer's rank k,
+the energy kept (sum of the first k squared singular values over all of them) and the rate
+m n / (k (m + n + 1)). The result is a run directory that loads, prunes and quantizes like any
+other."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "factorize",
+        help="low-rank SVD factorization of Linear/Conv2d layers",
+        description="Replace Linear and Conv2d layers of a trained run by low-rank factor "
+        "pairs from their truncated SVD (Denton et al. 2014), with the rank chosen by retained "
+        "energy, a fixed rank, a target compression rate, or a global weight budget allocated "
+        "by measured accuracy sensitivity; optionally fine-tune, and save a new run.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run directory to factorize (from `brainsurgeon train`)")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument(
+        "--energy",
+        type=float,
+        help="keep this fraction of each layer's squared singular values, in (0, 1] (e.g. 0.95)",
+    )
+    how.add_argument("--rank", type=int, help="the same rank k for every factored layer")
+    how.add_argument("--ratio", type=float, help="target rate m n / (k (m + n + 1)) per layer, > 1")
+    how.add_argument(
+        "--budget",
+        type=float,
+        help="keep this fraction of the layers' weights "
+        "overall, in (0, 1); ranks chosen greedily by measured validation accuracy",
+    )
+    p.add_argument(
+        "--layers",
+        help="comma-separated layer names (default: every Linear/Conv2d "
+        "the option can shrink; others are left dense)",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=0,
+        help="fine-tune epochs after factorizing (default: 0)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="fine-tuning batch size")
+    p.add_argument(
+        "--eval-samples",
+        type=int,
+        default=2000,
+        help="validation samples for --budget sensitivity (default 2000)",
+    )
+    p.add_argument("--out", required=True, help="new run directory to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def _options(args: argparse.Namespace):
+    """Validate every option before anything is loaded or written."""
+    from ..factorization import FactorizeConfig
+    from ..training import TrainConfig
+
+    layers = None
+    if args.layers is not None:
+        layers = tuple(n.strip() for n in args.layers.split(",") if n.strip())
+    config = FactorizeConfig(
+        energy=args.energy,
+        rank=args.rank,
+        ratio=args.ratio,
+        budget=args.budget,
+        layers=layers,
+        eval_samples=args.eval_samples,
+        seed=args.seed,
+    )
+    if args.finetune_epochs < 0:
+        raise ConfigError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    train = TrainConfig(
+        epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed
+    )
+    if Path(args.out).exists() and not args.force:
+        raise RunDirError(f"{args.out} already exists; choose another --out or pass --force")
+    return config, train
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..factorization import factorize
+    from ..runs import load_run, save
+    from ..training import evaluate, fit
+    from ..utils import resolve_device, seed_everything
+
+    config, train = _options(args)
+    device = resolve_device(args.device)
+    parent = load_run(args.run, device=device)
+    data = parent.data(progress=not args.quiet)
+    seed_everything(args.seed)
+    model = parent.model
+    before = evaluate(model, data)
+    result = factorize(model, config, data)
+    after = evaluate(model, data)
+    say(args, f"factorized: test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}")
+    history = []
+    if train.epochs:
+        history = fit(model, data, train, device=device, progress=not args.quiet, desc="finetune")
+        after = evaluate(model, data)
+        say(args, f"fine-tuned {train.epochs} epochs: test accuracy {after['accuracy']:.4f}")
+    summary = {
+        **result.to_dict(),
+        "finetune": train.to_dict() if train.epochs else None,
+        "accuracy_before": before["accuracy"],
+        "accuracy_factored": after["accuracy"],
+    }
+    cfg = parent.child_config({"step": "factorize", **summary})
+    cfg.setdefault("compression", {})["factorization"] = summary
+    metrics = {"test": after, "before": before, "finetune_history": history}
+    out = save(model, args.out, config=cfg, metrics=metrics, force=args.force)
+    payload = {"out": str(out), **summary, "test": after, "before": before}
+    emit(args, payload, _text(result, before, after, out))
+    return 0
+
+
+def _text(result, before, after, out) -> str:
+    rows = [
+        [
+            p.name,
+            p.kind,
+            f"{p.m}x{p.n}",
+            p.rank or "-",
+            min(p.m, p.n),
+            p.energy,
+            p.rate,
+            p.weights_before,
+            p.weights_after,
+            p.reason.split(":")[0],
+        ]
+        for p in result.layers
+    ]
+    d = result.to_dict()
+    lines = [
+        table(
+            rows,
+            [
+                "layer",
+                "kind",
+                "m x n",
+                "rank",
+                "full",
+                "energy",
+                "rate",
+                "weights",
+                "after",
+                "note",
+            ],
+        ),
+        f"\nweights in these layers: {d['weights_before']:,} -> {d['weights_after']:,} "
+        f"({d['weight_ratio']:.2f}x)",
+        f"test accuracy: {before['accuracy']:.4f} -> {after['accuracy']:.4f}",
+        f"saved to {out}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""``brainsurgeon study obd-sd``: rerun the seed notes' OBD-SD experiment on a trained run.
+
+Prunes the run in many rounds (geometric steps to --final-sparsity, fine-tuning after each)
+once per criterion, with the same calibration samples and fine-tuning budget for all. Per
+round and criterion it records accuracy (right after pruning and after fine-tuning), the
+predicted against the measured loss increase, a histogram of |predicted damage| and of the
+unmasked weights; on the trained model, the distribution over samples of the second
+derivative of a few sampled weights and the SD against the mean of the per-sample damage.
+The findings answer, with numbers, the notes' question: does OBD lose to random pruning,
+and does OBD-SD fix it? Writes OUT/study.json, plots and OUT/summary.md; finished criteria
+are kept, so an interrupted study re-run with the same options continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_common, emit, say, table
+
+EPILOG = """\
+examples:
+  brainsurgeon study obd-sd runs/lenet --out results/obd-sd
+  brainsurgeon study obd-sd runs/lenet --rounds 17 --criteria obd,obd-sd,random,magnitude \\
+      --final-sparsity 0.98 --finetune-epochs 1 --out results/obd-sd
+then: brainsurgeon report results/obd-sd"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study",
+        help="experiments from the notes (obd-sd)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("name", choices=["obd-sd"], help="which study (obd-sd)")
+    p.add_argument("run", help="trained run directory")
+    p.add_argument(
+        "--criteria",
+        default="obd,obd-sd,random,magnitude",
+        help="comma-separated criteria (default: obd,obd-sd,random,magnitude)",
+    )
+    p.add_argument("--rounds", type=int, default=17, help="prune/fine-tune rounds (default 17)")
+    p.add_argument(
+        "--final-sparsity",
+        type=float,
+        default=0.98,
+        help="sparsity after the last round, in (0, 1) (default: 0.98)",
+    )
+    p.add_argument("--finetune-epochs", type=int, default=1, help="per round (default: 1)")
+    p.add_argument("--finetune-lr", type=float, default=0.005)
+    p.add_argument("--samples", type=int, default=1000, help="calibration samples")
+    p.add_argument(
+        "--sampled-weights",
+        type=int,
+        default=7,
+        help="weights whose per-sample second derivative is plotted (default: 7)",
+    )
+    p.add_argument("--out", default=None, help="output folder (default: RUN-obd-sd)")
+    p.add_argument("--force", action="store_true", help="discard a different study in --out")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..experiments.study import StudyConfig, study_obd_sd
+    from .compare import names
+
+    config = StudyConfig(
+        criteria=names(args.criteria),
+        rounds=args.rounds,
+        final_sparsity=args.final_sparsity,
+        finetune_epochs=args.finetune_epochs,
+        finetune_lr=args.finetune_lr,
+        samples=args.samples,
+        sampled_weights=args.sampled_weights,
+        seed=args.seed,
+    )
+    out = Path(args.out or f"{str(args.run).rstrip('/')}-obd-sd")
+    payload = study_obd_sd(
+        args.run, config, out, device=args.device, force=args.force, log=lambda m: say(args, m)
+    )
+    f = payload["findings"]
+    rows = [
+        [c, 100 * t["final_accuracy"], 100 * t["mean_accuracy"], t["rounds_within_1pt"]]
+        for c, t in f["per_criterion"].items()
+    ]
+    text = "\n".join(
+        [
+            table(rows, ["criterion", "final acc %", "mean acc %", "rounds within 1pt"]),
+            "",
+            (out / "summary.md").read_text(),
+        ]
+    )
+    emit(args, {"out": str(out), "findings": f, "plots": payload["plots"]}, text)
+    return 0

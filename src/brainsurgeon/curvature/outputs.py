@@ -1,0 +1,64 @@
+"""The loss side: per-sample output gradients and a factor of the output Hessian.
+
+``loss_fn(logits, y)`` is the batch *mean* of per-sample losses ``L_n`` (cross entropy,
+MSE, ...). For sample ``n`` with logits ``z_n`` (C,):
+
+* ``dL_n/dz_n`` (n, C), the vector backpropagated for per-sample gradients;
+* ``S_n`` (C, K) with ``S_n S_n^T = d2L_n/dz_n^2``, so the Gauss-Newton matrix is
+  ``sum_k (J_n^T s_nk)(J_n^T s_nk)^T``. For softmax cross entropy ``d2L/dz2 = diag(p) -
+  p p^T`` and ``S = diag(sqrt p) - p sqrt(p)^T`` exactly; other losses use an eigen
+  factorisation of the autograd Hessian with negative eigenvalues clipped to 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import NumericalError
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def check_loss(loss: Tensor, what: str) -> Tensor:
+    """Raise :class:`NumericalError` on a NaN or infinite loss; return it otherwise."""
+    if not bool(torch.isfinite(loss).all()):
+        raise NumericalError(
+            f"the loss is {loss.detach().flatten()[0].item()} while collecting {what}; "
+            "the model or the calibration data produce non-finite values "
+            "(check the inputs' normalisation and the weights)"
+        )
+    return loss
+
+
+def output_gradients(loss_fn: LossFn, z: Tensor, y: Tensor, what: str) -> tuple[Tensor, Tensor]:
+    """``(sum_n L_n, dL_n/dz_n (n, C))`` for the logits ``z`` (n, C)."""
+    zd = z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = check_loss(loss_fn(zd, y), what) * zd.shape[0]
+        (grad,) = torch.autograd.grad(loss, zd)
+    return loss.detach(), grad
+
+
+def output_factor(loss_fn: LossFn, z: Tensor, y: Tensor) -> Tensor:
+    """``S`` (n, C, K) with ``S_n S_n^T = d2 L_n / dz_n^2`` (positive semi-definite part)."""
+    z = z.detach()
+    if loss_fn is F.cross_entropy:
+        p = torch.softmax(z, dim=1)
+        sp = p.sqrt()
+        return torch.diag_embed(sp) - p.unsqueeze(2) * sp.unsqueeze(1)
+
+    # L_n depends on z_n only, so row c of every d2L_n/dz_n^2 comes from one backward pass.
+    zd = z.requires_grad_(True)
+    hess = torch.zeros(*z.shape, z.shape[1], dtype=z.dtype, device=z.device)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(loss_fn(zd, y) * z.shape[0], zd, create_graph=True)
+        for c in range(z.shape[1] if g.requires_grad else 0):
+            (row,) = torch.autograd.grad(g[:, c].sum(), zd, retain_graph=True, allow_unused=True)
+            if row is not None:
+                hess[:, c] = row.detach()
+    evals, evecs = torch.linalg.eigh(hess)
+    return evecs * evals.clamp_min(0).sqrt().unsqueeze(1)

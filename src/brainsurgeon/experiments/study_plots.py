@@ -1,0 +1,162 @@
+"""Plots and the markdown summary of the OBD-SD study (from the ``study.json`` payload)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..reports.plots import counts_grid, histogram_grid, line_plot, scatter
+
+
+def shown_rounds(n: int) -> list[int]:
+    """First, quartiles and last round (1-based, unique)."""
+    return sorted({1, max(1, round(n / 4)), max(1, round(n / 2)), max(1, round(3 * n / 4)), n})
+
+
+def plot_study(payload: dict[str, Any], out: Path) -> list[Path]:
+    crits = payload["criteria"]
+    base = payload["baseline"]["accuracy"]
+    paths = [
+        line_plot(
+            out / "accuracy_per_round.png",
+            {
+                c: {
+                    "x": [x["round"] for x in r["rounds"]],
+                    "mean": [x["accuracy"] for x in r["rounds"]],
+                    "std": None,
+                }
+                for c, r in crits.items()
+            },
+            xlabel="prune round (fine-tuned after each)",
+            ylabel="test accuracy",
+            title="Accuracy per round per criterion",
+            reference=base,
+        ),
+        line_plot(
+            out / "accuracy_before_finetune.png",
+            {
+                c: {
+                    "x": [x["target"] for x in r["rounds"]],
+                    "mean": [x["accuracy_pruned"] for x in r["rounds"]],
+                    "std": None,
+                }
+                for c, r in crits.items()
+            },
+            xlabel="sparsity",
+            ylabel="test accuracy right after pruning",
+            title="Accuracy right after each prune step",
+            reference=base,
+        ),
+    ]
+    for c, r in crits.items():
+        n = len(r["rounds"])
+        show = shown_rounds(n)
+        dmg = {
+            f"round {k}: {100 * r['rounds'][k - 1]['damage_hist']['below_1e-3']:.2f}% < 1e-3": (
+                r["rounds"][k - 1]["damage_hist"]["edges"],
+                r["rounds"][k - 1]["damage_hist"]["counts"],
+            )
+            for k in show
+        }
+        paths.append(
+            counts_grid(
+                out / f"damage_hist_{c}.png",
+                dmg,
+                xlabel="|predicted damage|",
+                title=f"Histogram of |damage| of unpruned weights ({c})",
+                logx=True,
+                columns=len(show),
+            )
+        )
+        wts = {
+            f"round {k} ({r['rounds'][k - 1]['weight_hist']['alive']:,} left)": (
+                r["rounds"][k - 1]["weight_hist"]["edges"],
+                r["rounds"][k - 1]["weight_hist"]["counts"],
+            )
+            for k in show
+        }
+        paths.append(
+            counts_grid(
+                out / f"weights_hist_{c}.png",
+                wts,
+                xlabel="weight",
+                title=f"Histogram of unmasked weights ({c})",
+                logy=True,
+                columns=len(show),
+            )
+        )
+    trained = payload["trained_model"]
+    panels = {
+        f"{w['tensor']}{w['index']} (w={w['weight']:.3g})": w["h_per_sample"]
+        for w in trained["sampled_weights"]
+    }
+    paths.append(
+        histogram_grid(
+            out / "second_derivative_samples.png",
+            panels,
+            xlabel="per-sample d2L/dw2",
+            logy=True,
+            columns=4,
+            title="Per-sample second derivative of sampled weights",
+        )
+    )
+    sc = trained["scatter"]
+    paths.append(
+        scatter(
+            out / "sd_vs_mean.png",
+            {"weights": ([abs(m) for m in sc["mean"]], sc["sd"])},
+            xlabel="|mean| of per-sample damage",
+            ylabel="SD of per-sample damage",
+            title=f"SD vs |mean| of per-sample damage ({len(sc['mean'])} weights)",
+            log=True,
+        )
+    )
+    return paths
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    f = payload["findings"]
+    cfg = payload["config"]
+    lines = [
+        "# The OBD-SD study",
+        "",
+        f"run `{payload['run']}`: {cfg['rounds']} rounds to sparsity "
+        f"{cfg['final_sparsity']}, {cfg['finetune_epochs']} fine-tuning epoch(s) per round, "
+        f"{cfg['samples']} calibration samples; unpruned test accuracy "
+        f"{100 * f['baseline_accuracy']:.2f}%.",
+        "",
+        "| criterion | final accuracy % | mean over rounds % | rounds within 1 point |"
+        " corr(predicted, measured loss increase) |",
+        "|---|---|---|---|---|",
+    ]
+    for c, t in f["per_criterion"].items():
+        corr = "-" if t["prediction_corr"] is None else f"{t['prediction_corr']:.2f}"
+        lines.append(
+            f"| {c} | {100 * t['final_accuracy']:.2f} | {100 * t['mean_accuracy']:.2f} "
+            f"| {t['rounds_within_1pt']} | {corr} |"
+        )
+    lines.append("")
+    if "obd_loses_to_random" in f:
+        d = f["obd_minus_random"]
+        lines.append(
+            f"- Does OBD lose to random pruning? **{'yes' if f['obd_loses_to_random'] else 'no'}**"
+            f": final accuracy OBD - random = {100 * d['final']:+.2f} points "
+            f"(mean over rounds {100 * d['mean_over_rounds']:+.2f})."
+        )
+    if "obd_sd_fixes_it" in f:
+        d = f["obd_sd_minus_obd"]
+        verdict = {True: "yes", False: "no", None: "nothing to fix (OBD did not lose)"}[
+            f["obd_sd_fixes_it"]
+        ]
+        lines.append(
+            f"- Does OBD-SD fix it? **{verdict}**: final "
+            f"accuracy OBD-SD - OBD = {100 * d['final']:+.2f} points (mean over rounds "
+            f"{100 * d['mean_over_rounds']:+.2f})."
+        )
+    sc = payload["trained_model"]["scatter"]
+    lines.append(
+        f"- On the trained model, corr(|mean|, SD) of the per-sample damage over "
+        f"{sc['weights']:,} weights: {sc['corr_abs_mean_sd']:.3f}."
+    )
+    lines.append(f"- Best final accuracy: {f['best_final']}.")
+    return "\n".join(lines) + "\n"

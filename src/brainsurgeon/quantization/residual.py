@@ -1,0 +1,110 @@
+"""Residual quantization (Gong et al. 2014): k-means, then k-means of the residuals, t times.
+
+The matrix view ``W (m, n)`` is cut into ``N = m n / d`` sub-vectors of width ``d``
+(``d = 1``: scalar weights). Stage 1 clusters them into ``k = 2^b`` centroids, stage ``i``
+clusters what stages ``1 .. i-1`` left over; ``w ~ c1[I1] + c2[I2] + ... + ct[It]``.
+Storage, for ``t`` stages::
+
+    bits = t (N log2 k + 32 k d)
+    r = 32 m n / (t (m n log2 k / d + 32 k d))
+
+Codebooks are ``nn.Parameter`` s; a pruned weight is held at 0 by a ``keep`` buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..state import register_parametrization
+from .base import FLOAT_BITS, QuantParametrization
+from .cluster import vector_kmeans
+from .config import QuantConfig
+from .kmeans import layer_seed
+from .registry import QUANTIZERS, LayerPlan, Quantizer
+from .vectors import check_block_width, check_codebook_size
+
+
+@register_parametrization("residual", "residual quantization: t stacked codebooks on residuals")
+class ResidualQuant(QuantParametrization):
+    """``codebooks`` ``(t, k, d)`` trainable, ``indices`` ``(t, N)`` int16, optional ``keep``."""
+
+    def __init__(
+        self,
+        codebooks: torch.Tensor,
+        indices: torch.Tensor,
+        bits: int,
+        keep: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.bits = int(bits)
+        self.codebooks = nn.Parameter(codebooks.detach().float().clone())
+        self.register_buffer("indices", indices.detach().to(torch.int16).clone())
+        self.register_buffer("keep", None if keep is None else keep.detach().bool().clone())
+        self.coded = self.indices.shape[1] * self.codebooks.shape[2]
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        t = self.codebooks.shape[0]
+        stages = torch.arange(t, device=self.indices.device)[:, None]
+        vectors = self.codebooks[stages, self.indices.long()].sum(dim=0)  # (N, d)
+        out = vectors.reshape(weight.shape).to(weight.dtype)
+        return out if self.keep is None else out * self.keep
+
+    def config(self) -> dict[str, Any]:
+        t, k, d = self.codebooks.shape
+        return {"bits": self.bits, "stages": t, "k": k, "width": d, "masked": self.keep is not None}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], original: torch.Tensor) -> ResidualQuant:
+        t, k, d = config["stages"], config["k"], config["width"]
+        keep = torch.ones_like(original, dtype=torch.bool) if config["masked"] else None
+        idx = torch.zeros(t, original.numel() // d, dtype=torch.int16)
+        return cls(torch.zeros(t, k, d), idx, config["bits"], keep)
+
+    def index_bits(self) -> int:
+        return self.indices.numel() * self.bits
+
+    def codebook_bits(self) -> int:
+        return self.codebooks.numel() * FLOAT_BITS
+
+
+def residual_codebooks(
+    x: torch.Tensor, k: int, stages: int, *, seed: int = 0, max_iter: int = 100
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x (N, d)`` -> ``(codebooks (t, k, d), indices (t, N))`` by k-means on the residuals."""
+    residual, books, labels = x.clone(), [], []
+    for t in range(stages):
+        c, lab = vector_kmeans(residual, k, seed=seed + t, max_iter=max_iter)
+        residual = residual - c[lab]
+        books.append(c)
+        labels.append(lab)
+    return torch.stack(books), torch.stack(labels)
+
+
+@QUANTIZERS.register(
+    "residual",
+    "residual quantization: --stages rounds of k-means on the "
+    "residuals of sub-vectors of width --block-width",
+)
+class Residual(Quantizer):
+    bits_range = (1, 12)
+    default_bits = 4
+    finetune_lr = 1e-4
+
+    def check(self, layer: LayerPlan, config: QuantConfig) -> None:
+        blocks = check_block_width(layer, config.block_width, "residual quantization")
+        check_codebook_size(layer, layer.weight.shape[0] * blocks, "residual quantization")
+
+    def build(self, layer: LayerPlan, config: QuantConfig) -> ResidualQuant:
+        d = config.block_width
+        x = layer.weight.float().reshape(-1, d)
+        books, idx = residual_codebooks(
+            x,
+            2**layer.bits,
+            config.stages,
+            seed=layer_seed(config.seed, layer.name),
+            max_iter=config.max_iter,
+        )
+        return ResidualQuant(books, idx, layer.bits, layer.keep)

@@ -1,0 +1,154 @@
+"""Uniform affine n-bit quantization (2..8 bits), per tensor or per output channel.
+
+``q = clamp(round(w / s) + z, qmin, qmax)``, ``w_hat = (q - z) * s``. Asymmetric: codes
+``0 .. 2^b - 1`` over ``[min(lo, 0), max(hi, 0)]`` with an integer zero point, so 0 is exact
+(pruned weights stay zero). Symmetric: codes ``-(2^(b-1) - 1) .. 2^(b-1) - 1``, ``z = 0``.
+The range ``[lo, hi]`` comes from min/max, a percentile of the weights, or a search for the
+clipping that minimises ``||W - w_hat||^2``. Training goes through a straight-through
+estimator (QAT): the forward pass sees ``w_hat``, the gradient reaches the float ``W``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..state import register_parametrization
+from .base import FLOAT_BITS, QuantParametrization, channel_view, reduce_channels, ste
+from .config import QuantConfig
+from .registry import QUANTIZERS, LayerPlan, Quantizer
+
+MSE_GRID = 64  # candidate clipping ratios searched by range="mse"
+
+
+def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """``(qmin, qmax)`` of the integer codes."""
+    if symmetric:
+        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def grid(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool):
+    """Scale and zero point ``(C,)`` covering ``[lo, hi]`` (widened to contain 0)."""
+    qmin, qmax = code_range(bits, symmetric)
+    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+    if symmetric:
+        scale = torch.maximum(-lo, hi) / qmax
+    else:
+        scale = (hi - lo) / (qmax - qmin)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero = torch.zeros_like(scale) if symmetric else (qmin - lo / scale).round().clamp(qmin, qmax)
+    return scale, zero
+
+
+def fake_quantize(w, scale, zero, bits: int, symmetric: bool) -> torch.Tensor:
+    """``w_hat = (clamp(round(w / s) + z) - z) * s`` with ``s, z`` broadcast per channel."""
+    qmin, qmax = code_range(bits, symmetric)
+    return (torch.clamp(torch.round(w / scale) + zero, qmin, qmax) - zero) * scale
+
+
+def weight_range(rows: torch.Tensor, keep: torch.Tensor | None, config: QuantConfig, bits: int):
+    """``(lo, hi)`` per row of ``rows (C, m)`` by ``config.range`` over the kept entries."""
+    if config.range == "minmax":
+        return rows.min(dim=1).values, rows.max(dim=1).values
+    if config.range == "percentile":
+        p = config.percentile / 100.0
+        lo, hi = [], []
+        for r, row in enumerate(rows):
+            vals = row if keep is None else row[keep[r]]
+            vals = vals if vals.numel() else row.new_zeros(1)
+            q = torch.quantile(vals.double(), torch.tensor([1 - p, p], dtype=torch.float64))
+            lo.append(q[0])
+            hi.append(q[1])
+        return torch.stack(lo).to(rows.dtype), torch.stack(hi).to(rows.dtype)
+    return _mse_range(rows, keep, bits, config.symmetric)
+
+
+def _mse_range(rows, keep, bits: int, symmetric: bool):
+    """Clip ``[a lo, a hi]`` with the ratio ``a`` in (0, 1] that minimises the squared error."""
+    lo, hi = rows.min(dim=1).values, rows.max(dim=1).values
+    weight = torch.ones_like(rows) if keep is None else keep.to(rows.dtype)
+    best_err = torch.full_like(lo, float("inf"))
+    best_lo, best_hi = lo.clone(), hi.clone()
+    for a in torch.linspace(1.0, 1.0 / MSE_GRID, MSE_GRID).tolist():
+        scale, zero = grid(a * lo, a * hi, bits, symmetric)
+        err = (
+            (fake_quantize(rows, scale[:, None], zero[:, None], bits, symmetric) - rows) ** 2
+            * weight
+        ).sum(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_lo = torch.where(better, a * lo, best_lo)
+        best_hi = torch.where(better, a * hi, best_hi)
+    return best_lo, best_hi
+
+
+def fit_grid(layer: LayerPlan, config: QuantConfig, bits: int, *, symmetric: bool | None = None):
+    """Scale and zero point ``(C,)`` for ``layer`` under ``config`` (C = out channels or 1)."""
+    symmetric = config.symmetric if symmetric is None else symmetric
+    per_channel = config.granularity == "per-channel"
+    rows = reduce_channels(layer.weight.float(), per_channel)
+    keep = None if layer.keep is None else reduce_channels(layer.keep, per_channel)
+    lo, hi = weight_range(rows, keep, config.replace(symmetric=symmetric), bits)
+    return grid(lo, hi, bits, symmetric)
+
+
+@register_parametrization(
+    "uniform", "uniform affine n-bit: scale + zero point per channel or tensor"
+)
+class UniformQuant(QuantParametrization):
+    """``forward(W) = W + (w_hat(W) - W).detach()``; buffers ``scale``, ``zero_point`` ``(C,)``."""
+
+    def __init__(
+        self, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool, coded: int
+    ) -> None:
+        super().__init__()
+        self.bits, self.symmetric, self.coded = int(bits), bool(symmetric), int(coded)
+        self.register_buffer("scale", scale.detach().float().clone())
+        self.register_buffer("zero_point", zero_point.detach().float().clone())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        s = channel_view(self.scale, weight).to(weight.dtype)
+        z = channel_view(self.zero_point, weight).to(weight.dtype)
+        return ste(weight, fake_quantize(weight, s, z, self.bits, self.symmetric))
+
+    def integer(self, weight: torch.Tensor) -> torch.Tensor:
+        """The integer codes ``q`` (int16) of ``weight`` (the tensor under this parametrization)."""
+        qmin, qmax = code_range(self.bits, self.symmetric)
+        s, z = channel_view(self.scale, weight), channel_view(self.zero_point, weight)
+        return torch.clamp(torch.round(weight / s) + z, qmin, qmax).to(torch.int16)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "bits": self.bits,
+            "symmetric": self.symmetric,
+            "channels": self.scale.numel(),
+            "coded": self.coded,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], original: torch.Tensor) -> UniformQuant:
+        zeros = torch.zeros(config["channels"])
+        return cls(zeros + 1, zeros, config["bits"], config["symmetric"], config["coded"])
+
+    def index_bits(self) -> int:
+        return self.coded * self.bits
+
+    def codebook_bits(self) -> int:
+        zero_bits = 0 if self.symmetric else self.bits
+        return self.scale.numel() * (FLOAT_BITS + zero_bits)
+
+
+@QUANTIZERS.register(
+    "uniform",
+    "uniform affine n-bit (2-8), per-tensor/per-channel, "
+    "minmax/percentile/mse range, QAT by straight-through estimator",
+)
+class Uniform(Quantizer):
+    bits_range = (2, 8)
+    default_bits = 8
+
+    def build(self, layer: LayerPlan, config: QuantConfig) -> UniformQuant:
+        scale, zero = fit_grid(layer, config, layer.bits)
+        return UniformQuant(scale, zero, layer.bits, config.symmetric, layer.coded)

@@ -1,0 +1,228 @@
+"""Run a recipe: train or load -> prune -> quantize -> fine-tune -> evaluate -> report.
+
+The output folder is built under a temporary name and moved into place only when every
+step has finished, so it appears complete or not at all::
+
+    OUT/start/         the model after the first step (trained) or as loaded: a run directory
+    OUT/final/         the compressed model: a run directory
+    OUT/recipe.yaml    the recipe (also inside both run directories)
+    OUT/result.json    before / after metrics, every step's record, seed, environment
+    OUT/report.html    the HTML report of OUT/final (when ``report: true``)
+
+``brainsurgeon run OUT/final/recipe.yaml --out AGAIN`` reproduces the run: every random
+choice is seeded from the recipe's ``seed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .. import runs
+from .._io import atomic_dir, write_json, write_text
+from ..errors import BrainsurgeonError, RunDirError
+from ..utils import environment, resolve_device, seed_everything
+from .schema import Recipe, load_recipe, step_config
+
+RECIPE_FILE = "recipe.yaml"
+
+
+def run_recipe(
+    recipe: str | os.PathLike | dict[str, Any],
+    out_dir: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    force: bool = False,
+    seed: int | None = None,
+    log=None,
+) -> dict[str, Any]:
+    """Validate and run ``recipe`` (a YAML path or a dict) into ``out_dir``.
+
+    ``seed`` overrides the recipe's seed; ``device`` its device (default: auto). Returns
+    ``{"before", "after", "steps", "final_run", "start_run", "report", "out", "seed"}``;
+    ``before`` / ``after`` hold test accuracy, the size totals and batch-1/64 latency.
+    """
+    r = load_recipe(recipe)
+    if seed is not None and int(seed) != r.seed:  # store the recipe that really ran
+        r.data["seed"] = int(seed)
+        r.text = f"# {r.source} with seed {seed}\n" + yaml.safe_dump(r.data, sort_keys=False)
+    out = Path(out_dir)
+    if out.exists() and not force:
+        raise RunDirError(f"{out} already exists; choose another --out or pass --force")
+    device = resolve_device(device or r.data.get("device", "auto"))
+    say = log or (lambda m: None)
+    start = time.perf_counter()
+    with atomic_dir(out, force=force) as tmp:
+        result = _execute(r, tmp, out, device, progress, say)
+        result["seconds"] = round(time.perf_counter() - start, 2)
+        write_json(tmp / "result.json", result)
+    return result
+
+
+def _execute(r: Recipe, tmp: Path, out: Path, device, progress: bool, say) -> dict[str, Any]:
+    seed_everything(r.seed)
+    model, data, base_cfg = _start(r, device, progress, say)
+    files = {RECIPE_FILE: r.text}
+    write_text(tmp / RECIPE_FILE, r.text)
+    history = list(base_cfg.get("history", []))
+    compression = dict(base_cfg.get("compression", {}))
+    before = None
+    if "load" in r.data:  # the starting point is the loaded run as it is
+        before = _save_start(model, data, tmp, base_cfg, history, r, files)
+    steps = []
+    for i, (kind, options) in enumerate(r.steps):
+        say(f"step {i + 1}/{len(r.steps)}: {kind} {options or ''}")
+        try:
+            record = _step(kind, options, r.seed + i, model, data, device, progress, compression)
+        except BrainsurgeonError as err:  # name the step that failed, with its line
+            raise r.error(f"steps[{i}].{kind}", str(err)) from None
+        steps.append(record)
+        history.append({"step": kind, "recipe_step": i, **_brief(record)})
+        if before is None:  # a new model: the starting point is the trained one
+            before = _save_start(model, data, tmp, base_cfg, history, r, files)
+    after = _measure(model, data)
+    history[-1]["parent"] = str(out / "start")
+    final_cfg = {**base_cfg, "history": history, "compression": compression, "recipe": r.data}
+    runs.save(model, tmp / "final", config=final_cfg, metrics=after, files=files)
+    report = _report(tmp, out, r) if r.data.get("report", True) else None
+    return {
+        "recipe": r.source,
+        "name": r.data.get("name"),
+        "seed": r.seed,
+        "before": before,
+        "after": after,
+        "steps": steps,
+        "out": str(out),
+        "start_run": str(out / "start"),
+        "final_run": str(out / "final"),
+        "report": report,
+        "environment": environment(),
+    }
+
+
+def _save_start(model, data, tmp: Path, base_cfg, history, r: Recipe, files) -> dict[str, Any]:
+    metrics = _measure(model, data)
+    cfg = {**base_cfg, "history": list(history), "recipe": r.data}
+    runs.save(model, tmp / "start", config=cfg, metrics=metrics, files=files)
+    return metrics
+
+
+def _start(r: Recipe, device, progress: bool, say):
+    from ..data import load_data
+    from ..models import build_model
+    from ..reports.html import load_techniques
+
+    if "load" in r.data:
+        load_techniques()
+        run = runs.load_run(r.data["load"], device=device)
+        data = (
+            load_data(r.data["data"], seed=r.seed, progress=progress)
+            if "data" in r.data
+            else run.data(progress=progress)
+        )
+        say(f"loaded {r.data['load']}")
+        cfg = copy.deepcopy(run.config)
+        for key in ("format", "format_version", "model", "edits", "parametrizations", "versions"):
+            cfg.pop(key, None)
+        cfg["history"] = [*cfg.get("history", []), {"step": "load", "parent": str(run.path)}]
+        return run.model, data, cfg
+    data = load_data(r.data["data"], seed=r.seed, progress=progress)
+    model = build_model(
+        r.data["model"], data.input_shape, data.num_classes, r.data.get("model_kwargs")
+    )
+    return (
+        model.to(device),
+        data,
+        {"data": data.spec, "normalization": data.normalization, "seed": r.seed},
+    )
+
+
+def _step(kind, options, seed, model, data, device, progress, compression) -> dict[str, Any]:
+    from ..training import evaluate, fit
+
+    cfg = step_config(kind, options, seed=seed if "seed" not in options else options["seed"])
+    start = time.perf_counter()
+    record: dict[str, Any] = {"step": kind, "options": options}
+    if kind in ("train", "finetune"):
+        torch.manual_seed(cfg.seed)
+        history = fit(model, data, cfg, device=device, progress=progress, desc=kind)
+        record["epochs"] = len(history)
+        record["train_loss"] = history[-1]["train_loss"] if history else None
+    elif kind == "prune":
+        from ..pruning import prune
+
+        result = prune(model, cfg, data, device=device, progress=progress)
+        record.update(
+            total_sparsity=result.total_sparsity,
+            predicted_damage=result.predicted_damage,
+            rounds=result.rounds,
+        )
+        compression["pruning"] = {
+            "config": cfg.to_dict(),
+            "sparsity": result.sparsity,
+            "total_sparsity": result.total_sparsity,
+        }
+    elif kind == "quantize":
+        from ..quantization import quantize
+
+        result = quantize(model, cfg, data, progress=progress)
+        record.update(result.summary())
+        compression["quantization"] = result.summary()
+    ev = evaluate(model, data, split=cfg["split"] if kind == "evaluate" else "test")
+    record.update(
+        accuracy=ev["accuracy"],
+        loss=ev["loss"],
+        errors=ev["errors"],
+        split=cfg["split"] if kind == "evaluate" else "test",
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    return record
+
+
+def _brief(record: dict[str, Any]) -> dict[str, Any]:
+    keys = ("accuracy", "total_sparsity", "bits_per_weight", "epochs", "split")
+    return {k: record[k] for k in keys if k in record}
+
+
+def _measure(model, data) -> dict[str, Any]:
+    """Test accuracy, size totals (params, nonzeros, bytes, FLOPs) and latency."""
+    from ..metrics import measure_latency, summarize
+    from ..training import evaluate
+
+    shape = data.input_shape
+    totals = summarize(model, shape)["totals"]
+    totals.pop("flop_counter_flops", None)
+    lat = measure_latency(model, shape, min_run_time=0.1)
+    ev = evaluate(model, data, split="test")
+    return {
+        "accuracy": ev["accuracy"],
+        "loss": ev["loss"],
+        "errors": ev["errors"],
+        **totals,
+        "latency_b1_ms": lat["batch_1_ms"],
+        "latency_b64_ms": lat["batch_64_ms"],
+    }
+
+
+def _report(tmp: Path, out: Path, r: Recipe) -> str:
+    from ..reports.html import build_report
+
+    final = runs.load_run(tmp / "final")
+    start = runs.load_run(tmp / "start") if (tmp / "start").exists() else None
+    final.path = out / "final"
+    page = build_report(
+        final,
+        before=start,
+        plots_dir=tmp / "final",
+        sram=r.data.get("sram"),
+        title=f"brainsurgeon recipe {r.data.get('name', r.source)}",
+    )
+    write_text(tmp / "report.html", page)
+    return str(out / "report.html")
