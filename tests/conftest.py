@@ -9,6 +9,16 @@ import sys
 import pytest
 
 os.environ.setdefault("BRAINSURGEON_CACHE", os.path.join(os.path.dirname(__file__), ".cache"))
+# One thread per test worker and per CLI subprocess: with pytest-xdist running one worker per
+# core, more threads only make the workers spin against each other.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
