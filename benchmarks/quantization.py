@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from brainsurgeon import runs
 from brainsurgeon._io import write_json
 from brainsurgeon.data import load_data
 from brainsurgeon.models import build_model
-from brainsurgeon.quantization import QuantConfig, quantize
+from brainsurgeon.quantization import QUANTIZERS, QuantConfig, plan, quantize
 from brainsurgeon.training import TrainConfig, evaluate, fit
 from brainsurgeon.utils import environment, seed_everything
 
@@ -78,7 +79,7 @@ def _others(quick: bool, ft: int) -> list[tuple[str, dict]]:
         ("ternary+qat", {"method": "ternary", "finetune_epochs": ft}),
         ("uniform-2+qat", {"method": "uniform", "bits": 2, "finetune_epochs": ft}),
     ]
-    pq = {"method": "product", "bits": 8, "block_width": 4, "per_layer_bits": {"fc3": 3}}
+    pq = {"method": "product", "bits": 8, "block_width": 4, "per_layer_bits": {"fc2": 6, "fc3": 3}}
     rows += [("product-k256-d4", pq), ("product-k256-d4+ft", {**pq, "finetune_epochs": ft})]
     rq = {"method": "residual", "bits": 2, "stages": 2, "block_width": 1}
     rows += [("residual-k4-t2-d1", rq), ("residual-k4-t2-d1+ft", {**rq, "finetune_epochs": ft})]
@@ -92,6 +93,11 @@ def _others(quick: bool, ft: int) -> list[tuple[str, dict]]:
             "per_layer_bits": {"fc3": 4},
         }
         rows += [("product-k64-d2", pq2), ("residual-k256-t2-d4", rq2)]
+    # fewer centroids per codebook: the codebooks stop dominating the storage
+    for bits in (4, 2):
+        small = {"method": "product", "bits": bits, "block_width": 4, "per_layer_bits": {"fc3": 3}}
+        rows.append((f"product-k{2**bits}-d4", small))
+        rows.append((f"product-k{2**bits}-d4+ft", {**small, "finetune_epochs": ft}))
     return rows
 
 
@@ -145,6 +151,16 @@ def targets(rows: dict[str, dict]) -> dict[str, dict]:
     return {k: {"value": v, "met": bool(ok)} for k, (v, ok) in out.items()}
 
 
+def _done_rows(path: Path, head: dict) -> dict[str, dict]:
+    """Rows of an earlier run with the same settings (for --resume)."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    if any(old.get(k) != v for k, v in head.items()):
+        return {}
+    return {r["label"]: r for r in old.get("rows", [])}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -153,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--finetune-lr", type=float, default=None, help="default: the method's")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--resume", action="store_true", help="keep rows of an unfinished run")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -172,8 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         "finetune_lr": args.finetune_lr,
         "float_test_accuracy": base["accuracy"],
     }
-    rows = {}
-    for label, kwargs in experiments(args.quick, ft):
+    todo = experiments(args.quick, ft)
+    for _, kwargs in todo:  # every option checked before the long run starts
+        plan(model, QuantConfig(**kwargs), QUANTIZERS.get(kwargs["method"])())
+    rows = _done_rows(RESULTS / name, head) if args.resume else {}
+    for label, kwargs in todo:
+        if label in rows:
+            continue
         rows[label] = run_one(model, data, label, kwargs, base["accuracy"], args.finetune_lr)
         # written after every row, so an interrupted run keeps what it measured
         write_json(
