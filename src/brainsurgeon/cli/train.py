@@ -71,7 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    lr = args.lr if args.lr is not None else (0.001 if args.optimizer == "adam" else 0.05)
+    from ..models import DEFAULT_SGD_LR
+
+    default = 0.001 if args.optimizer == "adam" else DEFAULT_SGD_LR.get(args.model, 0.05)
+    lr = args.lr if args.lr is not None else default
     return TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
