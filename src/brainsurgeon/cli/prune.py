@@ -21,7 +21,7 @@ examples:
   brainsurgeon prune runs/lenet --criterion obd-sd --amount 0.92 --schedule iterative \\
       --rounds 10 --finetune-epochs 2 --out runs/lenet-obdsd      # Ctrl-C, then add --resume
   brainsurgeon prune runs/lenet --criterion obd --option hessian=ggn --scheme per-layer \\
-      --layer-sparsity sensitivity.json --out runs/lenet-obd
+      --layer-sparsity results/sens/layer_sparsity.json --out runs/lenet-obd
   brainsurgeon prune runs/lenet --criterion magnitude --scheme nm --nm 2:4 --out runs/lenet-24
 
 Scores come from the run's training split (--samples of them); the amount is the final
