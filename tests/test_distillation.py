@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainsurgeon.data import load_data
 from brainsurgeon.distillation import (
     DistillConfig,
     augment,
@@ -30,11 +29,6 @@ from brainsurgeon.errors import ConfigError
 from brainsurgeon.models import build_model
 from brainsurgeon.runs import load_run, save
 from brainsurgeon.training import TrainConfig, evaluate, fit
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
 
 
 @pytest.fixture(scope="module")

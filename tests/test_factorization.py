@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from brainsurgeon import state
-from brainsurgeon.data import load_data
 from brainsurgeon.errors import ConfigError, UnsupportedLayerError
 from brainsurgeon.factorization import (
     SVD,
@@ -31,11 +30,6 @@ from brainsurgeon.models import build_model
 from brainsurgeon.pruning.masks import set_mask
 from brainsurgeon.runs import load_run, save
 from brainsurgeon.training import TrainConfig, evaluate, fit
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
 
 
 @pytest.fixture(scope="module")

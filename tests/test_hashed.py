@@ -9,17 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainsurgeon.data import load_data
 from brainsurgeon.errors import ConfigError
 from brainsurgeon.models import build_model
 from brainsurgeon.models.hashed import HashedLinear, hash_indices
 from brainsurgeon.runs import load_run, save
 from brainsurgeon.training import TrainConfig, evaluate, fit
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
 
 
 def test_hash_is_reproducible_from_seed():
