@@ -93,7 +93,10 @@ def test_plots_are_written_and_not_empty(tmp_path):
 def test_report_is_self_contained_with_tables_and_accuracy(pruned_run):
     page = build_report(pruned_run, latency=False)
     assert not re.search(r'(src|href)="(https?:|//)', page), "external reference in the report"
-    assert page.count("<img ") == 3 and page.count("data:image/png;base64,") == 3
+    # 3 experiment plots + the run's own two (per-layer kept/bits, weight histograms)
+    assert page.count("<img ") == 5 and page.count("data:image/png;base64,") == 5
+    assert 'alt="per-layer kept weights and bits"' in page
+    assert 'alt="nonzero weight histograms"' in page
     layers = re.search(r'<table class="layers">(.*?)</table>', page, re.S).group(1)
     assert ">fc1<" in layers and ">fc2<" in layers and ">total<" in layers
     # fc1 has 1024 of 2048 weights pruned: its nonzeros are 1024 weights + 32 biases
@@ -163,7 +166,7 @@ def test_report_renders_in_chromium(pruned_run, tmp_path):
     report = write_report(pruned_run, tmp_path / "report.html", latency=False)
     url = report.resolve().as_uri()
     dom = chromium("--dump-dom", url, profile=tmp_path / "p1").stdout
-    assert dom.count('data-loaded="1"') == 3, "not every plot was decoded by the browser"
+    assert dom.count('data-loaded="1"') == 5, "not every plot was decoded by the browser"
     assert dom.count("<table") == 3 and "Per-layer table" in dom
     shot = screenshot(report, tmp_path / "shot.png", tmp_path / "p2")
     top, bottom = shot[: shot.shape[0] // 3], shot[shot.shape[0] // 3 :]

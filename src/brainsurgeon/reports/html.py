@@ -164,10 +164,34 @@ def _run_sections(run: Run, before: Run | None, *, sram, latency: bool) -> str:
     parts = [
         _overview(run, summary["totals"], after, prior, lat, energy),
         "<h2>Per-layer table</h2>" + _layer_table(summary),
+        "<h2>The model at a glance</h2>" + _model_plots(run.model, summary),
         "<h2>Energy estimate (Horowitz 45 nm)</h2>" + _energy_table(energy),
         "<h2>History</h2>" + _history(run),
     ]
     return "\n".join(parts)
+
+
+def _model_plots(model, summary: dict[str, Any]) -> str:
+    """Per-layer kept fraction and bits, and the nonzero-weight histograms, as embedded PNGs."""
+    from torch import nn
+
+    from .plots import layer_overview_png, weight_histogram_png
+
+    weights = {
+        name: m.weight.detach().cpu().flatten().numpy()
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear | nn.Conv2d) and ".parametrizations" not in f".{name}"
+    }
+    images = [("per-layer kept weights and bits", layer_overview_png(summary["layers"]))]
+    if weights:
+        images.append(("nonzero weight histograms", weight_histogram_png(weights)))
+    figures = "".join(
+        f'<figure><img alt="{html.escape(c)}" src="data:image/png;base64,'
+        f'{base64.b64encode(png).decode("ascii")}" onload="this.dataset.loaded=\'1\'">'
+        f"<figcaption>{html.escape(c)}</figcaption></figure>"
+        for c, png in images
+    )
+    return f'<div class="plots">{figures}</div>'
 
 
 def _parent(run: Run) -> Run | None:

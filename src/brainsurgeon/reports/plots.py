@@ -154,3 +154,44 @@ def counts_grid(
         ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """Render ``fig`` to PNG bytes (for embedding without a file)."""
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def layer_overview_png(layers: Sequence[Mapping]) -> bytes:
+    """Bars per layer: kept fraction of weights and bits per weight (rows of ``summarize``)."""
+    names = [str(r["name"]) for r in layers]
+    kept = [1.0 - float(r["sparsity"]) for r in layers]
+    bits = [float(r["bits_per_weight"]) for r in layers]
+    fig = _figure(7.0, 3.6)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.bar(names, kept, color="#3b7dd8")
+    ax1.set_ylim(0, 1)
+    ax1.set_title("fraction of weights kept")
+    ax2.bar(names, bits, color="#d8893b")
+    ax2.axhline(32, color="grey", lw=0.8, ls="--")
+    ax2.set_title("stored bits per weight (fp32 = 32)")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", labelrotation=45)
+    return png_bytes(fig)
+
+
+def weight_histogram_png(weights: Mapping[str, np.ndarray], bins: int = 80) -> bytes:
+    """Histogram of the nonzero weights of each layer (log counts)."""
+    fig = _figure(7.0, 3.6)
+    ax = fig.subplots()
+    for name, values in weights.items():
+        values = values[values != 0]
+        if values.size:
+            ax.hist(values, bins=bins, histtype="step", log=True, label=f"{name} ({values.size:,})")
+    ax.set_title("nonzero weights per layer")
+    ax.set_xlabel("weight value")
+    ax.set_ylabel("count (log)")
+    ax.legend(fontsize=7)
+    return png_bytes(fig)
