@@ -109,5 +109,9 @@ def test_demo_writes_runs_and_compares(tmp_path):
     assert after["nonzeros"] < before["nonzeros"]
     assert after["accuracy"] > 0.85
     assert (tmp_path / "demo").is_dir()
-    assert (json.loads(run_cli("inspect", result["final_run"], "--json", check=True).stdout)
-            ["totals"]["nonzeros"] == after["nonzeros"])
+    assert (
+        json.loads(run_cli("inspect", result["final_run"], "--json", check=True).stdout)["totals"][
+            "nonzeros"
+        ]
+        == after["nonzeros"]
+    )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -29,6 +27,7 @@ from brainsurgeon.errors import ConfigError
 from brainsurgeon.models import build_model
 from brainsurgeon.runs import load_run, save
 from brainsurgeon.training import TrainConfig, evaluate, fit
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -283,13 +282,8 @@ def test_distilled_model_saves_and_loads(tmp_path, teacher, digits):
 # ---- CLI ----------------------------------------------------------------------------------
 
 
-def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "brainsurgeon.cli.main", "distill", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _cli(*args: str):
+    return run_cli("distill", *args)
 
 
 @pytest.fixture(scope="module")

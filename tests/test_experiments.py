@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from brainsurgeon.experiments.sensitivity import SensitivityConfig, sensitivity,
 from brainsurgeon.models import build_model
 from brainsurgeon.pruning.masks import set_mask
 from brainsurgeon.training import TrainConfig, evaluate, fit
+from conftest import run_cli
 
 SMALL = CompareConfig(
     criteria=("random", "magnitude"),
@@ -184,13 +183,8 @@ def test_suggest_is_the_largest_sparsity_within_budget():
     assert suggest(curves, 0.9, 0.0) == {"a": 0.5, "b": 0.0}
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "brainsurgeon.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def cli(*args: str):
+    return run_cli(*args)
 
 
 def test_cli_compare_and_sensitivity(tiny_run, tmp_path):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -30,6 +28,7 @@ from brainsurgeon.models import build_model
 from brainsurgeon.pruning.masks import set_mask
 from brainsurgeon.runs import load_run, save
 from brainsurgeon.training import TrainConfig, evaluate, fit
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -224,13 +223,8 @@ def test_factorized_lenet5_saves_and_loads(tmp_path, digits):
     assert torch.equal(run.model(x), model(x))
 
 
-def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "brainsurgeon.cli.main", "factorize", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _cli(*args: str):
+    return run_cli("factorize", *args)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cli
 
 
-def _clean_error(proc, *fragments: str) -> None:
+def assert_clean_error(proc, *fragments: str) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("brainsurgeon quantize: error:"), proc.stderr
@@ -71,7 +71,7 @@ def test_quantize_writes_a_loadable_run(trained_run, tmp_path):
     assert run.metrics["parent_test_accuracy"] == pytest.approx(payload["accuracy_before"])
 
     text = run_cli("quantize", str(out), "--method", "uniform", "--out", str(tmp_path / "x"))
-    _clean_error(text, "already quantized")
+    assert_clean_error(text, "already quantized")
 
 
 def test_table_output_and_help(trained_run, tmp_path):
@@ -105,7 +105,7 @@ def test_table_output_and_help(trained_run, tmp_path):
 def test_bad_input_exits_2_and_writes_nothing(trained_run, tmp_path, args, fragments):
     out = tmp_path / "bad"
     proc = run_cli("quantize", str(trained_run), *args, "--out", str(out))
-    _clean_error(proc, *fragments)
+    assert_clean_error(proc, *fragments)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == []
 
@@ -113,7 +113,7 @@ def test_bad_input_exits_2_and_writes_nothing(trained_run, tmp_path, args, fragm
 def test_existing_out_is_refused_without_force(trained_run, tmp_path):
     out = tmp_path / "exists"
     out.mkdir()
-    _clean_error(run_cli("quantize", str(trained_run), "--out", str(out)), "already exists")
-    _clean_error(
+    assert_clean_error(run_cli("quantize", str(trained_run), "--out", str(out)), "already exists")
+    assert_clean_error(
         run_cli("quantize", str(tmp_path / "nope"), "--out", str(tmp_path / "o")), "does not exist"
     )

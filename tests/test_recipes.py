@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import yaml
 from brainsurgeon import runs
 from brainsurgeon.recipes import RecipeError, demo_recipe_path, load_recipe, run_recipe
 from brainsurgeon.training import evaluate
+from conftest import run_cli
 
 GOOD = """\
 name: tiny
@@ -178,13 +177,8 @@ def test_recipe_from_a_run_and_nothing_half_written(first, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "brainsurgeon.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def cli(*args: str):
+    return run_cli(*args)
 
 
 def test_cli_run(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from brainsurgeon.models import build_model
 from brainsurgeon.pruning.masks import set_mask
 from brainsurgeon.reports import build_report, histogram_grid, line_plot, scatter, write_report
 from brainsurgeon.training import TrainConfig, evaluate, fit
+from conftest import run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
 ORANGE, HEADER = (255, 127, 14), (238, 242, 247)
@@ -118,13 +118,8 @@ def test_experiment_dir_without_run_and_bad_targets(tmp_path):
         write_report(tmp_path / "missing")
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "brainsurgeon.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def cli(*args: str):
+    return run_cli(*args)
 
 
 def test_cli_report_json_and_bad_input(pruned_run, tmp_path):
