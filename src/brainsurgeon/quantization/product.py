@@ -16,40 +16,26 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..state import register_parametrization
-from .base import FLOAT_BITS, QuantParametrization, as_matrix
+from .base import as_matrix
 from .cluster import vector_kmeans
 from .config import QuantConfig
 from .kmeans import layer_seed
 from .registry import QUANTIZERS, LayerPlan, Quantizer
-from .vectors import check_block_width, check_codebook_size
+from .vectors import CodebookQuant, check_block_width, check_codebook_size
 
 
 @register_parametrization("product", "product quantization: s codebooks of k sub-vectors + indices")
-class ProductQuant(QuantParametrization):
+class ProductQuant(CodebookQuant):
     """``codebooks`` ``(s, k, d)`` trainable, ``indices`` ``(m, s)`` int16, optional ``keep``."""
 
-    def __init__(
-        self,
-        codebooks: torch.Tensor,
-        indices: torch.Tensor,
-        bits: int,
-        keep: torch.Tensor | None = None,
-    ) -> None:
-        super().__init__()
-        self.bits = int(bits)
-        self.codebooks = nn.Parameter(codebooks.detach().float().clone())
-        self.register_buffer("indices", indices.detach().to(torch.int16).clone())
-        self.register_buffer("keep", None if keep is None else keep.detach().bool().clone())
-        self.coded = self.indices.shape[0] * self.indices.shape[1] * self.codebooks.shape[2]
+    def decode(self) -> torch.Tensor:
+        blocks = torch.arange(self.codebooks.shape[0], device=self.indices.device)[None, :]
+        return self.codebooks[blocks, self.indices.long()]  # (m, s, d)
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        s = self.codebooks.shape[0]
-        blocks = torch.arange(s, device=self.indices.device)[None, :]
-        out = self.codebooks[blocks, self.indices.long()].reshape(weight.shape).to(weight.dtype)
-        return out if self.keep is None else out * self.keep
+    def coded_weights(self) -> int:
+        return self.indices.numel() * self.codebooks.shape[2]
 
     def config(self) -> dict[str, Any]:
         s, k, d = self.codebooks.shape
@@ -61,12 +47,6 @@ class ProductQuant(QuantParametrization):
         keep = torch.ones_like(original, dtype=torch.bool) if config["masked"] else None
         idx = torch.zeros(original.shape[0], s, dtype=torch.int16)
         return cls(torch.zeros(s, k, d), idx, config["bits"], keep)
-
-    def index_bits(self) -> int:
-        return self.indices.numel() * self.bits
-
-    def codebook_bits(self) -> int:
-        return self.codebooks.numel() * FLOAT_BITS
 
 
 @QUANTIZERS.register(

@@ -16,41 +16,25 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..state import register_parametrization
-from .base import FLOAT_BITS, QuantParametrization
 from .cluster import vector_kmeans
 from .config import QuantConfig
 from .kmeans import layer_seed
 from .registry import QUANTIZERS, LayerPlan, Quantizer
-from .vectors import check_block_width, check_codebook_size
+from .vectors import CodebookQuant, check_block_width, check_codebook_size
 
 
 @register_parametrization("residual", "residual quantization: t stacked codebooks on residuals")
-class ResidualQuant(QuantParametrization):
+class ResidualQuant(CodebookQuant):
     """``codebooks`` ``(t, k, d)`` trainable, ``indices`` ``(t, N)`` int16, optional ``keep``."""
 
-    def __init__(
-        self,
-        codebooks: torch.Tensor,
-        indices: torch.Tensor,
-        bits: int,
-        keep: torch.Tensor | None = None,
-    ) -> None:
-        super().__init__()
-        self.bits = int(bits)
-        self.codebooks = nn.Parameter(codebooks.detach().float().clone())
-        self.register_buffer("indices", indices.detach().to(torch.int16).clone())
-        self.register_buffer("keep", None if keep is None else keep.detach().bool().clone())
-        self.coded = self.indices.shape[1] * self.codebooks.shape[2]
+    def decode(self) -> torch.Tensor:
+        stages = torch.arange(self.codebooks.shape[0], device=self.indices.device)[:, None]
+        return self.codebooks[stages, self.indices.long()].sum(dim=0)  # (N, d)
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        t = self.codebooks.shape[0]
-        stages = torch.arange(t, device=self.indices.device)[:, None]
-        vectors = self.codebooks[stages, self.indices.long()].sum(dim=0)  # (N, d)
-        out = vectors.reshape(weight.shape).to(weight.dtype)
-        return out if self.keep is None else out * self.keep
+    def coded_weights(self) -> int:
+        return self.indices.shape[1] * self.codebooks.shape[2]
 
     def config(self) -> dict[str, Any]:
         t, k, d = self.codebooks.shape
@@ -62,12 +46,6 @@ class ResidualQuant(QuantParametrization):
         keep = torch.ones_like(original, dtype=torch.bool) if config["masked"] else None
         idx = torch.zeros(t, original.numel() // d, dtype=torch.int16)
         return cls(torch.zeros(t, k, d), idx, config["bits"], keep)
-
-    def index_bits(self) -> int:
-        return self.indices.numel() * self.bits
-
-    def codebook_bits(self) -> int:
-        return self.codebooks.numel() * FLOAT_BITS
 
 
 def residual_codebooks(
