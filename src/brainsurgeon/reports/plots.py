@@ -30,11 +30,15 @@ def _figure(width: float = 6.4, height: float = 4.2) -> Figure:
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=DPI)
-    write_bytes(path, buf.getvalue())
+    write_bytes(path, png_bytes(fig))
     return Path(path)
+
+
+def _grid(n_panels: int, columns: int) -> tuple[Figure, int, int]:
+    """A figure sized for ``n_panels`` small plots in rows of at most ``columns``."""
+    cols = max(1, min(columns, n_panels))
+    rows = max(1, math.ceil(n_panels / cols))
+    return _figure(3.2 * cols, 2.4 * rows + 0.4), rows, cols
 
 
 def line_plot(
@@ -83,9 +87,7 @@ def histogram_grid(
 ) -> Path:
     """One histogram per panel (e.g. per sampled weight or per round), in a grid."""
     names = list(panels)
-    cols = max(1, min(columns, len(names)))
-    rows = max(1, math.ceil(len(names) / cols))
-    fig = _figure(3.2 * cols, 2.4 * rows + 0.4)
+    fig, rows, cols = _grid(len(names), columns)
     for i, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, i + 1)
         values = np.asarray(panels[name], float)
@@ -138,9 +140,7 @@ def counts_grid(
 ) -> Path:
     """Precomputed histograms ``{panel: (edges, counts)}`` drawn as bars, in a grid."""
     names = list(panels)
-    cols = max(1, min(columns, len(names)))
-    rows = max(1, math.ceil(len(names) / cols))
-    fig = _figure(3.2 * cols, 2.4 * rows + 0.4)
+    fig, rows, cols = _grid(len(names), columns)
     for i, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, i + 1)
         edges, counts = np.asarray(panels[name][0], float), np.asarray(panels[name][1], float)
