@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from brainsurgeon.data import Dataset
+from brainsurgeon.data.augment import shift_images
 from brainsurgeon.errors import ConfigError, NumericalError
 from brainsurgeon.models import build_model
 from brainsurgeon.training import TrainConfig, evaluate, fit
@@ -49,6 +51,45 @@ def test_schedules():
     assert lr_factor(cos, 0) == 1.0 and lr_factor(cos, 2) == pytest.approx(0.5)
 
 
+def _batches_seen(digits, **cfg):
+    """(inputs, row indices) of every batch ``fit`` feeds the loss, on 64 digits images."""
+    x = digits.train.x[:64]
+    seen = []
+
+    def loss_fn(model, xb, idx):
+        seen.append((xb.clone(), idx.clone()))
+        return model(xb).pow(2).mean()
+
+    model = build_model("lenet300", digits.input_shape, digits.num_classes)
+    fit(
+        model,
+        Dataset(x, torch.arange(64)),
+        TrainConfig(epochs=2, batch_size=32, **cfg),
+        loss_fn=loss_fn,
+        progress=False,
+    )
+    return x, seen
+
+
+def test_training_jitter_shifts_each_image_within_bounds(digits):
+    x, plain = _batches_seen(digits)
+    assert all(torch.equal(xb, x[idx]) for xb, idx in plain)  # no jitter by default
+    _, jittered = _batches_seen(digits, shift=1)
+    moved = 0
+    for xb, idx in jittered:
+        for image, i in zip(xb, idx, strict=True):
+            candidates = [
+                shift_images(x[i : i + 1], torch.tensor([[dy, dx]]))[0]
+                for dy in (-1, 0, 1)
+                for dx in (-1, 0, 1)
+            ]
+            assert any(torch.equal(image, c) for c in candidates), "not a shift of <= 1 pixel"
+            moved += not torch.equal(image, x[i])
+    assert moved > 64  # most of the 128 images seen were moved
+    _, noisy = _batches_seen(digits, noise=0.5)
+    assert all((xb - x[idx]).std() > 0.4 for xb, idx in noisy)
+
+
 def test_nan_loss_is_a_clear_error(digits):
     model = build_model("lenet300", digits.input_shape, digits.num_classes)
     with torch.no_grad():
@@ -64,6 +105,8 @@ def test_nan_loss_is_a_clear_error(digits):
         (dict(optimizer="rmsprop"), "unknown optimizer 'rmsprop'; valid: sgd, adam"),
         (dict(lr=0), "learning rate must be > 0"),
         (dict(schedule="linear"), "unknown lr schedule"),
+        (dict(shift=-1), "shift must be >= 0 pixels, got -1"),
+        (dict(noise=-0.1), "noise must be >= 0"),
     ],
 )
 def test_bad_options(kwargs, message):

@@ -16,6 +16,8 @@ examples:
   brainsurgeon train --model lenet300 --data mnist --epochs 20 --out runs/lenet300
   brainsurgeon train --model lenet5 --data mnist --epochs 20 --lr 0.01 --out runs/lenet5
   brainsurgeon train --model mlp:64-128-64-10,dropout=0.2 --data digits --out runs/small
+  brainsurgeon train --model mlp:784-1200-1200-10,dropout=0.5,input_dropout=0.2 --data mnist \
+      --shift 2 --epochs 60 --out runs/teacher      # Hinton's jittered dropout teacher
   brainsurgeon train --model mypkg.nets:make_net --model-kwargs '{"width": 64}' --data data.npz
 
 models: lenet300 (784-300-100-10), lenet5 (Caffe LeNet-5), mlp:IN-H1-...-OUT[,dropout=P]
@@ -64,6 +66,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--l1", type=float, default=0.0, help="L1 penalty strength")
     p.add_argument("--l2", type=float, default=0.0, help="L2 penalty strength")
+    p.add_argument(
+        "--shift",
+        type=int,
+        default=0,
+        help="jitter each training image by up to N pixels per axis (Hinton's teacher: 2)",
+    )
+    p.add_argument(
+        "--noise", type=float, default=0.0, help="add N(0, s^2) input noise while training"
+    )
     p.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATA)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     add_common(p)
@@ -89,6 +100,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         patience=args.patience,
         l1=args.l1,
         l2=args.l2,
+        shift=args.shift,
+        noise=args.noise,
         seed=args.seed,
     )
 

@@ -19,6 +19,8 @@ class TrainConfig(Config):
     ``lr_step`` epochs (Han's fine-tuning: halve every 2 epochs). ``patience``: early stopping
     on validation accuracy (0 = off); the best epoch's weights are restored. ``l1`` / ``l2`` add
     ``lambda * sum |w|^r`` over weight tensors to the loss (``weight_decay`` is the optimizer's).
+    ``shift`` / ``noise``: jitter every training batch by up to ``shift`` pixels per axis and add
+    N(0, noise^2) (in normalised units); Hinton et al.'s MNIST teacher used a 2-pixel jitter.
     """
 
     epochs: int = 10
@@ -34,6 +36,8 @@ class TrainConfig(Config):
     patience: int = 0
     l1: float = 0.0
     l2: float = 0.0
+    shift: int = 0
+    noise: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -51,7 +55,9 @@ class TrainConfig(Config):
             )
         if not self.lr > 0:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
-        for name in ("weight_decay", "l1", "l2", "momentum"):
+        if self.shift < 0:
+            raise ConfigError(f"shift must be >= 0 pixels, got {self.shift}; e.g. --shift 2")
+        for name in ("weight_decay", "l1", "l2", "momentum", "noise"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.patience < 0:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.augment import augment
 from ..data.core import DataBundle, DataLike, Dataset, as_dataset
 from ..errors import NumericalError
 from ..utils import module_device, resolve_device
@@ -184,6 +185,8 @@ def _epoch(model, dataset, opt, loss_fn, penalties, config, gen, device, progres
     show = progress and sys.stderr.isatty()
     bar = tqdm(total=n_batches, desc=desc, leave=False, disable=not show, unit="batch")
     for x, y in dataset.batches(config.batch_size, shuffle=True, generator=gen, device=device):
+        if config.shift or config.noise:
+            x = augment(x, noise=config.noise, shift=config.shift, generator=gen)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model, x, y)
         for pen in penalties:
