@@ -37,6 +37,8 @@ def test_train_evaluate_inspect_json(tmp_path):
         "digits",
         "--epochs",
         "2",
+        "--shift",
+        "1",
         "--out",
         str(out),
         "--json",
@@ -44,6 +46,7 @@ def test_train_evaluate_inspect_json(tmp_path):
         check=True,
     )
     result = json.loads(proc.stdout)
+    assert json.loads((out / "config.json").read_text())["training"]["shift"] == 1
     assert result["run"] == str(out) and result["test_accuracy"] > 0.5
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
@@ -72,6 +75,9 @@ def test_errors_are_one_line_exit_2(tmp_path, trained_run):
     )
     assert_clean_error(
         run_cli("train", "--epochs", "-3", "--out", str(tmp_path / "b")), "epochs must be >= 0"
+    )
+    assert_clean_error(
+        run_cli("train", "--shift", "-2", "--out", str(tmp_path / "c")), "shift must be >= 0"
     )
     assert_clean_error(
         run_cli("evaluate", str(trained_run), "--device", "tpu"), "unknown device 'tpu'"

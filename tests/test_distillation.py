@@ -305,6 +305,8 @@ def test_cli_distill_records_the_run(teacher_run, tmp_path, digits):
         "0.8",
         "--transfer",
         "unlabeled",
+        "--optimizer",
+        "adam",
         "--epochs",
         "3",
         "--out",
@@ -319,6 +321,7 @@ def test_cli_distill_records_the_run(teacher_run, tmp_path, digits):
     assert record["teacher"] == str(teacher_run) and record["student"] == "mlp:64-24-10"
     assert (record["loss"], record["temperature"], record["alpha"]) == ("kd", 5.0, 0.8)
     assert record["transfer"]["kind"] == "unlabeled" and not record["transfer"]["labels_used"]
+    assert (record["config"]["optimizer"], record["config"]["lr"]) == ("adam", 0.001)
     assert run.config["model"]["name"] == "mlp:64-24-10"
     assert run.config["history"][-1]["step"] == "distill"
     assert evaluate(run.model, digits)["accuracy"] == pytest.approx(doc["student_test"]["accuracy"])

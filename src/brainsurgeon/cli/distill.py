@@ -11,7 +11,7 @@ from .common import add_common, emit, say, table
 EPILOG = """\
 examples:
   brainsurgeon distill --teacher runs/big --student mlp:784-800-800-10 --loss kd \\
-      --temperature 20 --alpha 0.9 --lr 0.01 --epochs 20 --out runs/student
+      --temperature 20 --alpha 0.5 --optimizer adam --epochs 40 --out runs/student
   brainsurgeon distill --teacher runs/big --student mlp:784-30-30-10 --transfer unlabeled \\
       --temperature 4 --out runs/tiny
   brainsurgeon distill --teacher runs/big --student mlp:784-300-100-10 --loss hint \\
@@ -25,7 +25,8 @@ outputs are computed once on a fixed transfer set. The new run records teacher, 
 and transfer set under compression.distillation in config.json.
 
 At high temperatures the KD gradient approaches (z_student - z_teacher) / classes, which can be
-large: with T = 20 use a smaller --lr (0.01 worked on MNIST where 0.05 diverged)."""
+large: with T = 20 use adam (its steps do not scale with the gradient) or a smaller SGD --lr
+(0.01 worked on MNIST where 0.05 diverged)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,7 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--noise", type=float, default=0.1, help="--transfer augmented: noise std")
     p.add_argument("--shift", type=int, default=2, help="--transfer augmented: max shift (px)")
     p.add_argument("--epochs", type=int, default=10, help="distillation epochs (default 10)")
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    p.add_argument("--optimizer", default="sgd", help="sgd | adam (default sgd)")
+    p.add_argument(
+        "--lr", type=float, default=None, help="learning rate (default 0.05 for sgd, 0.001 adam)"
+    )
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     p.add_argument("--out", required=True, help="new run directory for the student")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -91,7 +95,8 @@ def _config(args: argparse.Namespace):
         noise=args.noise,
         shift=args.shift,
         epochs=args.epochs,
-        lr=args.lr,
+        optimizer=args.optimizer,
+        lr=args.lr if args.lr is not None else (0.001 if args.optimizer == "adam" else 0.05),
         batch_size=args.batch_size,
         seed=args.seed,
     )
