@@ -90,6 +90,27 @@ def test_training_jitter_shifts_each_image_within_bounds(digits):
     assert all((xb - x[idx]).std() > 0.4 for xb, idx in noisy)
 
 
+def test_max_norm_caps_every_unit_and_binds(digits):
+    model, _ = train_once(digits, epochs=2, lr=0.2, max_norm=0.6)
+    for layer in (model.fc1, model.fc2, model.fc3):
+        norms = layer.weight.flatten(1).norm(dim=1)
+        assert norms.max() <= 0.6 + 1e-5
+    free, _ = train_once(digits, epochs=2, lr=0.2)
+    assert free.fc1.weight.norm(dim=1).max() > 0.6  # the cap was active
+
+
+def test_max_norm_respects_masks(digits):
+    from brainsurgeon.pruning import PruneConfig, prune
+
+    seed_everything(0)
+    model = build_model("lenet300", digits.input_shape, digits.num_classes)
+    prune(model, PruneConfig(criterion="magnitude", amount=0.5), data=digits)
+    zeros = model.fc1.weight == 0
+    fit(model, digits, TrainConfig(epochs=1, max_norm=0.5), progress=False)
+    assert (model.fc1.weight[zeros] == 0).all()  # pruned weights stay pruned
+    assert model.fc1.weight.norm(dim=1).max() <= 0.5 + 1e-5
+
+
 def test_nan_loss_is_a_clear_error(digits):
     model = build_model("lenet300", digits.input_shape, digits.num_classes)
     with torch.no_grad():
@@ -107,6 +128,7 @@ def test_nan_loss_is_a_clear_error(digits):
         (dict(schedule="linear"), "unknown lr schedule"),
         (dict(shift=-1), "shift must be >= 0 pixels, got -1"),
         (dict(noise=-0.1), "noise must be >= 0"),
+        (dict(max_norm=-1.0), "max_norm must be >= 0"),
     ],
 )
 def test_bad_options(kwargs, message):

@@ -75,6 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--noise", type=float, default=0.0, help="add N(0, s^2) input noise while training"
     )
+    p.add_argument(
+        "--max-norm",
+        type=float,
+        default=0.0,
+        help="cap each unit's incoming weight norm after every step (dropout nets: 3-4; 0 = off)",
+    )
     p.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATA)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     add_common(p)
@@ -102,6 +108,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         l2=args.l2,
         shift=args.shift,
         noise=args.noise,
+        max_norm=args.max_norm,
         seed=args.seed,
     )
 

@@ -21,6 +21,9 @@ class TrainConfig(Config):
     ``lambda * sum |w|^r`` over weight tensors to the loss (``weight_decay`` is the optimizer's).
     ``shift`` / ``noise``: jitter every training batch by up to ``shift`` pixels per axis and add
     N(0, noise^2) (in normalised units); Hinton et al.'s MNIST teacher used a 2-pixel jitter.
+    ``max_norm``: after every step, rescale each unit's incoming weight vector (a row of a Linear
+    weight, an output filter of a conv) to norm <= ``max_norm`` (Srivastava et al.'s dropout
+    nets; 0 = off).
     """
 
     epochs: int = 10
@@ -38,6 +41,7 @@ class TrainConfig(Config):
     l2: float = 0.0
     shift: int = 0
     noise: float = 0.0
+    max_norm: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -57,7 +61,7 @@ class TrainConfig(Config):
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
         if self.shift < 0:
             raise ConfigError(f"shift must be >= 0 pixels, got {self.shift}; e.g. --shift 2")
-        for name in ("weight_decay", "l1", "l2", "momentum", "noise"):
+        for name in ("weight_decay", "l1", "l2", "momentum", "noise", "max_norm"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.patience < 0:

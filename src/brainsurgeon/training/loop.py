@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..data.augment import augment
 from ..data.core import DataBundle, DataLike, Dataset, as_dataset
 from ..errors import NumericalError
+from ..state import original
 from ..utils import module_device, resolve_device
 from .config import TrainConfig
 
@@ -40,6 +41,18 @@ def weight_tensors(model: nn.Module) -> list[torch.Tensor]:
         for m in model.modules()
         if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)
     ]
+
+
+@torch.no_grad()
+def clip_unit_norms(model: nn.Module, max_norm: float) -> None:
+    """Rescale each unit's incoming weights ``w_i`` (dim 0 of every Linear/Conv weight, under any
+    parametrization) so that ``||w_i||_2 <= max_norm``: ``w_i <- w_i * min(1, c / ||w_i||)``."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            w = original(m)
+            norms = w.flatten(1).norm(dim=1).clamp_min(1e-12)
+            scale = (max_norm / norms).clamp(max=1.0)
+            w.mul_(scale.view(-1, *([1] * (w.dim() - 1))))
 
 
 def lp_penalty(l1: float = 0.0, l2: float = 0.0) -> Penalty:
@@ -199,6 +212,8 @@ def _epoch(model, dataset, opt, loss_fn, penalties, config, gen, device, progres
             )
         loss.backward()
         opt.step()
+        if config.max_norm:
+            clip_unit_norms(model, config.max_norm)
         total_loss += loss.item() * y.numel()
         seen += y.numel()
         bar.update(1)
