@@ -53,6 +53,7 @@ def settings(args: argparse.Namespace) -> dict:
         "batch_size": 128,
         "teacher_shift": args.teacher_shift,
         "teacher_lr": args.teacher_lr,
+        "teacher_max_norm": args.teacher_max_norm,
         "augmented_transfer": args.augmented_transfer,
     }
     if args.quick:
@@ -88,7 +89,7 @@ def parse_opt(text: str) -> tuple[str, float]:
     return name, float(lr)
 
 
-def train_plain(spec, data, epochs: int, cfg: dict, seed: int, *, opt: str, shift=0):
+def train_plain(spec, data, epochs: int, cfg: dict, seed: int, *, opt: str, shift=0, max_norm=0.0):
     seed_everything(seed)
     model = build_model(spec, data.input_shape, data.num_classes)
     optimizer, lr = parse_opt(opt)
@@ -98,6 +99,7 @@ def train_plain(spec, data, epochs: int, cfg: dict, seed: int, *, opt: str, shif
         lr=lr,
         batch_size=cfg["batch_size"],
         shift=shift,
+        max_norm=max_norm,
         seed=seed,
     )
     seconds = timed(lambda: fit(model, data, tc, progress=False))
@@ -154,8 +156,8 @@ def cached_teacher(data, cfg: dict, cache: str | None):
     if cache and Path(cache).exists():
         run = load_run(cache)
         saved = run.config.get("benchmark_settings", {})
-        keys = ("teacher_epochs", "teacher_lr", "teacher_shift", "batch_size")
-        if all(saved.get(k) == cfg[k] for k in keys):
+        keys = ("teacher_epochs", "teacher_lr", "teacher_shift", "teacher_max_norm", "batch_size")
+        if all(saved.get(k, 0.0 if k == "teacher_max_norm" else None) == cfg[k] for k in keys):
             return run.model, run.metrics.get("train_seconds")
         print(f"{cache} was trained with other settings: training a new teacher", file=sys.stderr)
     teacher, sec = train_plain(
@@ -166,6 +168,7 @@ def cached_teacher(data, cfg: dict, cache: str | None):
         seed=0,
         opt=f"sgd:{cfg['teacher_lr']}",
         shift=cfg["teacher_shift"],
+        max_norm=cfg["teacher_max_norm"],
     )
     if cache:
         save(
@@ -291,6 +294,9 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher-epochs", type=int, default=120)
     parser.add_argument("--teacher-shift", type=int, default=2, help="teacher jitter (pixels)")
     parser.add_argument("--teacher-lr", type=float, default=0.05)
+    parser.add_argument(
+        "--teacher-max-norm", type=float, default=0.0, help="cap on unit weight norms (0 = off)"
+    )
     parser.add_argument("--student-epochs", type=int, default=40)
     parser.add_argument(
         "--hard-opts",
