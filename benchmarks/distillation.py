@@ -10,7 +10,7 @@ Reports test errors (of 10,000) per seed and the fraction of the student-teacher
 distillation closes. Reference (paper):
 teacher 67 errors, 800-800 student alone 146, distilled 74.
 
-    python benchmarks/distillation.py            # 3 seeds (tens of minutes on 2 CPU cores)
+    python benchmarks/distillation.py            # 3 seeds: ~55 min on 2 CPU cores
     python benchmarks/distillation.py --quick    # 1 seed, few epochs: a smoke run
 """
 
