@@ -242,14 +242,14 @@ def summarize(rows: list[dict], cfg: dict) -> dict:
         return (hard - kd) / (hard - teacher)
 
     for name in STUDENTS:
-        main = [r for r in rows if r["model"] == name and not r.get("sweep")]
-        seeds = sorted({r["seed"] for r in main})
-        per_seed = {s: len([r for r in main if r["seed"] == s]) for s in seeds}
+        student_rows = [r for r in rows if r["model"] == name and not r.get("sweep")]
+        seeds = sorted({r["seed"] for r in student_rows})
+        per_seed = {s: len([r for r in student_rows if r["seed"] == s]) for s in seeds}
         complete = [s for s in seeds if per_seed[s] == max(per_seed.values())]
         info: dict = {"seeds_compared": complete}
         for method in ("hard", "kd", "hard+shift", "kd+shift"):
             options: dict = {}
-            for r in main:
+            for r in student_rows:
                 if r["method"] == method and r["seed"] in complete:
                     options.setdefault(r["opt"], []).append(r)
             if not options:

@@ -82,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _config(args: argparse.Namespace):
     from ..distillation import DistillConfig
+    from .train import default_lr
 
     config = DistillConfig(
         loss=args.loss,
@@ -96,7 +97,7 @@ def _config(args: argparse.Namespace):
         shift=args.shift,
         epochs=args.epochs,
         optimizer=args.optimizer,
-        lr=args.lr if args.lr is not None else (0.001 if args.optimizer == "adam" else 0.05),
+        lr=args.lr if args.lr is not None else default_lr(args.optimizer),
         batch_size=args.batch_size,
         seed=args.seed,
     )

@@ -87,11 +87,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def train_config(args: argparse.Namespace) -> TrainConfig:
+def default_lr(optimizer: str, model: str | None = None) -> float:
+    """The rate used when --lr is not given: 0.001 for adam, else the model's SGD default."""
     from ..models import DEFAULT_SGD_LR
 
-    default = 0.001 if args.optimizer == "adam" else DEFAULT_SGD_LR.get(args.model, 0.05)
-    lr = args.lr if args.lr is not None else default
+    return 0.001 if optimizer == "adam" else DEFAULT_SGD_LR.get(model, 0.05)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    lr = args.lr if args.lr is not None else default_lr(args.optimizer, args.model)
     return TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,

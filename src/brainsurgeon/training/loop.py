@@ -34,25 +34,27 @@ def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
     return F.cross_entropy(model(x), y)
 
 
+def weight_layers(model: nn.Module) -> list[nn.Module]:
+    """The Linear/Conv layers of ``model``, whose weights penalties and norm caps act on."""
+    return [
+        m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)
+    ]
+
+
 def weight_tensors(model: nn.Module) -> list[torch.Tensor]:
     """Effective weight tensors (after parametrizations) of Linear/Conv layers."""
-    return [
-        m.weight
-        for m in model.modules()
-        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)
-    ]
+    return [m.weight for m in weight_layers(model)]
 
 
 @torch.no_grad()
 def clip_unit_norms(model: nn.Module, max_norm: float) -> None:
     """Rescale each unit's incoming weights ``w_i`` (dim 0 of every Linear/Conv weight, under any
     parametrization) so that ``||w_i||_2 <= max_norm``: ``w_i <- w_i * min(1, c / ||w_i||)``."""
-    for m in model.modules():
-        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            w = original(m)
-            norms = w.flatten(1).norm(dim=1).clamp_min(1e-12)
-            scale = (max_norm / norms).clamp(max=1.0)
-            w.mul_(scale.view(-1, *([1] * (w.dim() - 1))))
+    for m in weight_layers(model):
+        w = original(m)
+        norms = w.flatten(1).norm(dim=1).clamp_min(1e-12)
+        scale = (max_norm / norms).clamp(max=1.0)
+        w.mul_(scale.view(-1, *([1] * (w.dim() - 1))))
 
 
 def lp_penalty(l1: float = 0.0, l2: float = 0.0) -> Penalty:
