@@ -324,6 +324,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = settings(args)
+    for opt in cfg["grid"]["hard"] + [o.partition("@")[0] for o in cfg["grid"]["kd"]]:
+        try:
+            parse_opt(opt)
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"--hard-opts / --kd-opts: {err}")
     out = args.out or str(RESULTS.with_name("distillation-quick.json") if args.quick else RESULTS)
     data = load_data("mnist", progress=False)
     start = time.perf_counter()

@@ -339,6 +339,7 @@ def test_cli_help_teaches():
         (["--student", "mlp:64-24-5"], "ends with 5 outputs but the data has 10 classes"),
         (["--student", "mlp:64-24-10", "--temperature", "0"], "temperature must be > 0"),
         (["--student", "mlp:64-24-10", "--alpha", "1.5"], r"alpha must lie in \[0, 1\]"),
+        (["--student", "mlp:64-24-10", "--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'"),
         (
             [
                 "--student",
