@@ -3,8 +3,10 @@
 Teacher ``784-1200-1200-10`` (dropout 0.5, input dropout 0.2) trained on inputs jittered by up
 to 2 pixels, as in the paper; students ``784-800-800-10`` and ``784-30-30-10`` (no
 regularisation), each trained on the plain training images with hard labels and distilled
-with KD at T = 20 (and a small temperature sweep on the first seed), for the same number of
-epochs. Each method's optimizer and rate are chosen on the validation split on the first seed.
+with KD (T = 20 by default; ``--temperatures`` adds options, and the first seed runs a small
+temperature sweep), for the same number of
+epochs. Every optimizer option runs on every seed; the summary picks one per method on the
+validation split (mean validation errors over the seeds), never on test errors.
 One teacher (seed 0) serves every student seed (the machine is two shared CPU cores).
 Reports test errors (of 10,000) per seed and the fraction of the student-teacher gap that
 distillation closes. Reference (paper):
@@ -41,14 +43,18 @@ def settings(args: argparse.Namespace) -> dict:
     # KD at T = 20 carries gradients ~ (z_s - z_t) / C (the high-temperature limit) with teacher
     # logits up to ~46, so KD and hard labels need different rates (SGD at 0.05 collapsed a
     # 30-30 student under KD): each method's optimizer and rate are picked on the validation
-    # split by --tune (written to distillation-tuning.json). The teacher is trained on inputs
+    # split by summarize() from the --hard-opts / --kd-opts grid. The teacher is trained on inputs
     # jittered by up to --teacher-shift pixels (Hinton et al.: 2); the students see the plain
     # training images, as in the paper.
     common = {
-        "temperature": 20.0,
         "grid": {
             "hard": args.hard_opts.split(","),
-            "kd": [f"{o}@{a}" for o in args.kd_opts.split(",") for a in args.alphas.split(",")],
+            "kd": [
+                f"{o}@{a}@T{t}"
+                for o in args.kd_opts.split(",")
+                for a in args.alphas.split(",")
+                for t in args.temperatures.split(",")
+            ],
         },
         "batch_size": 128,
         "teacher_shift": args.teacher_shift,
@@ -106,15 +112,41 @@ def train_plain(spec, data, epochs: int, cfg: dict, seed: int, *, opt: str, shif
     return model, seconds
 
 
-def distilled(teacher, spec, data, cfg, seed, temperature, transfer="train", *, opt: str):
+def parse_kd(text: str) -> tuple[str, float, float]:
+    """``"adam:0.001@0.5@T20"`` -> ("adam:0.001", 0.5, 20.0): optimizer, KD weight alpha and
+    temperature (alpha 0.9 and T = 20 when left out, as in rows written before --temperatures)."""
+    opt, *rest = text.split("@")
+    parse_opt(opt)
+    alpha, temperature = 0.9, 20.0
+    try:
+        for part in rest:
+            if part.startswith("T"):
+                temperature = float(part[1:])
+            else:
+                alpha = float(part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected OPT:LR@ALPHA@TTEMP, got {text!r}") from None
+    if not (0.0 <= alpha <= 1.0 and temperature > 0):
+        raise argparse.ArgumentTypeError(f"alpha must lie in [0, 1] and T > 0: {text!r}")
+    return opt, alpha, temperature
+
+
+def with_temperature(option: str, temperature: float) -> str:
+    """The KD option ``option`` run at another temperature (for the sweep)."""
+    opt, alpha, _ = parse_kd(option)
+    return f"{opt}@{alpha:g}@T{temperature:g}"
+
+
+def distilled(teacher, spec, data, cfg, seed, transfer="train", *, opt: str):
+    """A student distilled with the KD option ``opt`` (see :func:`parse_kd`)."""
     seed_everything(seed)
     student = build_model(spec, data.input_shape, data.num_classes)
-    opt, _, alpha = opt.partition("@")  # "adam:0.001@0.5": alpha 0.5
+    opt, alpha, temperature = parse_kd(opt)
     optimizer, lr = parse_opt(opt)
     dc = DistillConfig(
         loss="kd",
         temperature=temperature,
-        alpha=float(alpha) if alpha else 0.9,
+        alpha=alpha,
         epochs=cfg["student_epochs"],
         optimizer=optimizer,
         lr=lr,
@@ -181,7 +213,7 @@ def cached_teacher(data, cfg: dict, cache: str | None):
     return teacher, sec
 
 
-def train_method(method, teacher, spec, data, cfg, seed, opt, temperature=None):
+def train_method(method, teacher, spec, data, cfg, seed, opt):
     """One student trained by ``method`` (hard, kd, hard+shift, kd+shift) with ``opt``."""
     if method in ("hard", "hard+shift"):
         return train_plain(
@@ -194,30 +226,34 @@ def train_method(method, teacher, spec, data, cfg, seed, opt, temperature=None):
             shift=2 if method == "hard+shift" else 0,
         )
     transfer = "augmented" if method == "kd+shift" else "train"
-    return distilled(teacher, spec, data, cfg, seed, temperature, transfer=transfer, opt=opt)
+    return distilled(teacher, spec, data, cfg, seed, transfer=transfer, opt=opt)
 
 
 def run_seed(seed: int, teacher, data, cfg: dict, emit) -> None:
-    """Every student of one seed, by every method, with every optimizer option of
-    ``--hard-opts`` / ``--kd-opts`` (the summary picks one per method on validation). The
-    temperature sweep (first seed) uses the KD option with the fewest validation errors there.
+    """Every student of one seed, by every method, with every option of ``--hard-opts`` /
+    ``--kd-opts`` x ``--alphas`` x ``--temperatures`` (the summary picks one per method on
+    validation). The temperature sweep (first seed) varies the KD option with the fewest
+    validation errors there.
     """
-    t = cfg["temperature"]
     methods = ["hard", "kd"] + (["hard+shift", "kd+shift"] if cfg["augmented_transfer"] else [])
     for name, spec in STUDENTS.items():
         kd_trials = []
         for method in methods:
-            temp = None if method.startswith("hard") else t
-            for opt in cfg["grid"]["hard" if temp is None else "kd"]:
-                net, sec = train_method(method, teacher, spec, data, cfg, seed, opt, temp)
-                r = row(seed, name, method, net, sec, data, temp, opt)
+            kd = method.startswith("kd")
+            for opt in cfg["grid"]["kd" if kd else "hard"]:
+                net, sec = train_method(method, teacher, spec, data, cfg, seed, opt)
+                r = row(seed, name, method, net, sec, data, parse_kd(opt)[2] if kd else None, opt)
                 emit(r)
                 if method == "kd":
                     kd_trials.append(r)
         sweep = cfg["sweep_800"] if name == "800-800" else cfg["sweep"]
-        opt = min(kd_trials, key=lambda r: (r["val_errors"], r["val_loss"]))["opt"]
+        best = min(kd_trials, key=lambda r: (r["val_errors"], r["val_loss"]))["opt"]
+        done = {r["temperature"] for r in kd_trials}
         for temp in sweep if seed == cfg["seeds"][0] else []:
-            net, sec = distilled(teacher, spec, data, cfg, seed, temp, opt=opt)
+            if temp in done:
+                continue
+            opt = with_temperature(best, temp)
+            net, sec = distilled(teacher, spec, data, cfg, seed, opt=opt)
             emit({**row(seed, name, "kd", net, sec, data, temp, opt), "sweep": True})
 
 
@@ -228,7 +264,7 @@ def _mean(values: list[float]) -> float | None:
 def summarize(rows: list[dict], cfg: dict) -> dict:
     """Per student and method: mean errors of every optimizer option, the option chosen on
     validation (fewest mean validation errors, then lowest mean validation loss; test errors
-    play no part), and the fraction of the student-teacher gap KD closes at T = 20:
+    play no part), and the fraction of the student-teacher gap the chosen KD option closes:
     ``gap_closed`` = (hard - kd) / (hard - teacher) with both chosen on validation, and
     ``gap_closed_vs_best_hard`` against the hard-label option with the fewest *test* errors
     (the comparison least favourable to distillation). Seeds with every run only.
@@ -279,7 +315,8 @@ def summarize(rows: list[dict], cfg: dict) -> dict:
             if r["model"] == name
             and r["method"] == "kd"
             and r["seed"] == cfg["seeds"][0]
-            and (r.get("sweep") or r["opt"] == info.get("kd", {}).get("chosen"))
+            and "kd" in info
+            and parse_kd(r["opt"])[:2] == parse_kd(info["kd"]["chosen"])[:2]
         }
         out[name] = info
     closed = out["800-800"].get("gap_closed")
@@ -301,11 +338,17 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--hard-opts",
         default="sgd:0.05,adam:0.001",
-        help="optimizer:rate options for hard-label students, chosen on validation (first seed)",
+        help="optimizer:rate options for hard-label students, chosen on validation",
     )
     parser.add_argument("--kd-opts", default="adam:0.001", help="the same for distilled students")
     parser.add_argument(
         "--alphas", default="0.9,0.5", help="KD weights tried with each --kd-opts option"
+    )
+    parser.add_argument(
+        "--temperatures",
+        default="20",
+        help="KD temperatures tried with each --kd-opts x --alphas option (default 20, the "
+        "paper's); e.g. 20,5 lets validation choose",
     )
 
     parser.add_argument(
@@ -324,11 +367,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = settings(args)
-    for opt in cfg["grid"]["hard"] + [o.partition("@")[0] for o in cfg["grid"]["kd"]]:
-        try:
+    try:
+        for opt in cfg["grid"]["hard"]:
             parse_opt(opt)
-        except argparse.ArgumentTypeError as err:
-            parser.error(f"--hard-opts / --kd-opts: {err}")
+        for opt in cfg["grid"]["kd"]:
+            parse_kd(opt)
+    except argparse.ArgumentTypeError as err:
+        parser.error(f"--hard-opts / --kd-opts / --alphas / --temperatures: {err}")
     out = args.out or str(RESULTS.with_name("distillation-quick.json") if args.quick else RESULTS)
     data = load_data("mnist", progress=False)
     start = time.perf_counter()
