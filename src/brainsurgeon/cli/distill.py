@@ -11,7 +11,7 @@ from .common import add_common, emit, say, table
 EPILOG = """\
 examples:
   brainsurgeon distill --teacher runs/big --student mlp:784-800-800-10 --loss kd \\
-      --temperature 20 --alpha 0.5 --optimizer adam --epochs 40 --out runs/student
+      --temperature 2 --alpha 0.9 --optimizer adam --epochs 40 --out runs/student
   brainsurgeon distill --teacher runs/big --student mlp:784-30-30-10 --transfer unlabeled \\
       --temperature 4 --out runs/tiny
   brainsurgeon distill --teacher runs/big --student mlp:784-300-100-10 --loss hint \\
@@ -26,7 +26,10 @@ and transfer set under compression.distillation in config.json.
 
 At high temperatures the KD gradient approaches (z_student - z_teacher) / classes, which can be
 large: with T = 20 use adam (its steps do not scale with the gradient) or a smaller SGD --lr
-(0.01 worked on MNIST where 0.05 diverged)."""
+(0.01 worked on MNIST where 0.05 diverged). Try a few temperatures and keep the best on the
+validation split: in benchmarks/distillation.py (MNIST, 84-error teacher, 3 seeds) the
+800-800 student made 104 test errors at T = 2, 109 at T = 3 and 116 at T = 20, against 133
+trained on the labels alone."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--temperature",
         type=float,
         default=4.0,
-        help="softmax temperature T > 0 (default 4; Hinton used 20 on MNIST)",
+        help="softmax temperature T > 0 (default 4; Hinton used 20 on MNIST, 2-3 did best here)",
     )
     p.add_argument(
         "--alpha",
