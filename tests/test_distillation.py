@@ -329,7 +329,8 @@ def test_cli_distill_records_the_run(teacher_run, tmp_path, digits):
 
 def test_cli_help_teaches():
     text = _cli("--help").stdout
-    assert "--temperature 20" in text and "kd (Hinton" in text and "transfer" in text
+    assert "--temperature 2 " in text and "kd (Hinton" in text and "transfer" in text
+    assert "T = 2" in text  # the measured advice on choosing the temperature
 
 
 @pytest.mark.parametrize(
