@@ -185,13 +185,21 @@ def row(seed, model, method, net, seconds, data, temperature=None, opt=None):
     return out
 
 
+TEACHER_KEYS = ("teacher_epochs", "teacher_lr", "teacher_shift", "teacher_max_norm", "batch_size")
+TRAINING_KEYS = (*TEACHER_KEYS, "student_epochs")
+
+
+def changed_settings(saved: dict, cfg: dict, keys: tuple[str, ...]) -> list[str]:
+    """The ``keys`` whose value in an earlier run's ``saved`` settings differs from ``cfg`` (runs
+    from before --teacher-max-norm existed count as 0: no cap)."""
+    return [k for k in keys if saved.get(k, 0.0 if k == "teacher_max_norm" else None) != cfg[k]]
+
+
 def cached_teacher(data, cfg: dict, cache: str | None):
     """Train the teacher (seed 0), or reuse one saved by an earlier run with ``--teacher-cache``."""
     if cache and Path(cache).exists():
         run = load_run(cache)
-        saved = run.config.get("benchmark_settings", {})
-        keys = ("teacher_epochs", "teacher_lr", "teacher_shift", "teacher_max_norm", "batch_size")
-        if all(saved.get(k, 0.0 if k == "teacher_max_norm" else None) == cfg[k] for k in keys):
+        if not changed_settings(run.config.get("benchmark_settings", {}), cfg, TEACHER_KEYS):
             return run.model, run.metrics.get("train_seconds")
         print(f"{cache} was trained with other settings: training a new teacher", file=sys.stderr)
     teacher, sec = train_plain(
@@ -231,16 +239,6 @@ def train_method(method, teacher, spec, data, cfg, seed, opt):
     return distilled(teacher, spec, data, cfg, seed, transfer=transfer, opt=opt)
 
 
-TRAINING_KEYS = (
-    "teacher_epochs",
-    "teacher_lr",
-    "teacher_shift",
-    "teacher_max_norm",
-    "batch_size",
-    "student_epochs",
-)
-
-
 def row_key(r: dict) -> tuple:
     """What identifies a trained row: seed, student, method, option, and sweep or not."""
     return (r["seed"], r["model"], r["method"], r["opt"], bool(r.get("sweep")))
@@ -257,9 +255,7 @@ def previous_rows(path: str, cfg: dict, teacher_row: dict) -> dict[tuple, dict]:
     except (OSError, ValueError, KeyError, TypeError) as err:
         print(f"--resume: cannot read {path} ({err}): training every row", file=sys.stderr)
         return {}
-    changed = [
-        k for k in TRAINING_KEYS if saved.get(k, 0.0 if k == "teacher_max_norm" else None) != cfg[k]
-    ]
+    changed = changed_settings(saved, cfg, TRAINING_KEYS)
     teachers = [r for r in rows if r.get("model") == "teacher"]
     same_teacher = teachers and all(
         teachers[0][k] == teacher_row[k] for k in ("test_errors", "val_errors")
