@@ -67,3 +67,31 @@ def module_device(module: torch.nn.Module) -> torch.device:
     for b in module.buffers():
         return b.device
     return torch.device("cpu")
+
+
+class preserved_modes:
+    """Context manager: every submodule's own train/eval flag restored on exit.
+
+    ``model.train(was)`` is recursive and would turn a pretrained model's dropout back on
+    inside a wrapper that is in train mode; this restores each module's flag as it was.
+    ``mode``: set ``"eval"`` or ``"train"`` on entry (None: leave as is)::
+
+        with preserved_modes(model, "eval"):
+            ...  # statistics in eval mode
+    """
+
+    def __init__(self, model: torch.nn.Module, mode: str | None = None) -> None:
+        if mode not in (None, "eval", "train"):
+            raise ValueError(f"mode must be None, 'eval' or 'train', got {mode!r}")
+        self.model, self.mode = model, mode
+        self.flags: list[tuple[torch.nn.Module, bool]] = []
+
+    def __enter__(self) -> torch.nn.Module:
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        if self.mode is not None:
+            self.model.train(self.mode == "train")
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        for module, flag in self.flags:
+            module.training = flag

@@ -25,7 +25,8 @@ class PruneConfig(Config):
     ``layer_sparsity`` gives per-layer targets instead (scheme ``per-layer``; unlisted layers
     get ``amount``); ``threshold``, ``nm`` and ``lam`` parametrise their schemes (``lam``
     given: the sparsity follows from it). Eligible tensors: Linear/Conv weights, plus biases
-    with ``include_bias``; the first and last layers can be excluded. Criteria that select
+    with ``include_bias``; the first and last layers can be excluded; ``layers`` / ``exclude``
+    are glob patterns on layer or tensor names (``"encoder.*"``, ``"*.out_proj"``). Criteria that select
     inside their solve (layer-wise OBS) prune every layer to ``amount`` under ``global`` too.
 
     When: ``schedule`` (``oneshot | iterative | gradual | steps``) over ``rounds``;
@@ -52,6 +53,8 @@ class PruneConfig(Config):
     include_bias: bool = False
     include_first: bool = True
     include_last: bool = True
+    layers: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
     nm: tuple[int, int] = (2, 4)
     threshold: float | None = None
     lam: float | None = None
