@@ -258,15 +258,14 @@ def test_bad_options_fail_clearly():
         make_criterion("layerwise-obs", method="exact")
 
 
-def test_unsupported_layer_names_the_alternative(small):
+def test_layers_without_rules_are_scored_and_layerwise_refuses_clearly(small):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.LayerNorm(8), nn.Linear(8, 10))
     targets = {"2.weight": (model[2], "weight"), "3.weight": (model[3], "weight")}
     ctx = _ctx(model, small, targets=targets)
-    with pytest.raises(UnsupportedLayerError, match=r'LayerNorm layer.*hessian="exact"'):
-        make_criterion("obd").scores(ctx)
-    exact = make_criterion("obd", hessian="exact").scores(ctx)  # the alternative works
+    rules = make_criterion("obd").scores(ctx)  # LayerNorm: the functional path, not a refusal
+    exact = make_criterion("obd", hessian="exact").scores(ctx)
     auto = make_criterion("obd-sd", method="autograd").scores(ctx)
-    assert exact["2.weight"].shape == auto["2.weight"].shape == (8,)
+    assert exact["2.weight"].shape == auto["2.weight"].shape == rules["2.weight"].shape == (8,)
     with pytest.raises(UnsupportedLayerError, match="LayerNorm layer; layer-wise OBS"):
         make_criterion("layerwise-obs").scores(ctx)
     bias = {"1.bias": (model[1], "bias")}

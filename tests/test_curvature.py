@@ -424,15 +424,17 @@ def test_frozen_parameters_and_no_gradient_leak():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_unsupported_layers_and_shared_layers_fail_clearly():
+def test_layers_without_rules_and_shared_layers_take_the_functional_path():
+    """A LayerNorm weight (no layer rule) and a layer that runs twice (shared weights) are
+    not refused: the rules backend sends them through torch.func, matching the oracle."""
     model = nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Linear(4, 3)).to(D)
-    targets = {"1.weight": (model[1], "weight")}
-    with pytest.raises(UnsupportedLayerError, match=r'LayerNorm layer.*method="autograd"'):
-        GGNDiagonal(model, targets, F.cross_entropy)
+    targets = {"1.weight": (model[1], "weight"), "2.weight": (model[2], "weight")}
     x, y = _data()
-    auto = GGNDiagonal(model, targets, F.cross_entropy, method="autograd")
-    auto.update(x, y)  # the general path handles any layer
-    assert auto.result()["1.weight"].shape == (4,)
+    rules = _fit(GGNDiagonal(model, targets, F.cross_entropy), x, y, ()).result()
+    auto = _fit(GGNDiagonal(model, targets, F.cross_entropy, method="autograd"), x, y, ())
+    for name in targets:
+        assert torch.allclose(rules[name], auto.result()[name], atol=1e-12)
+    assert rules["1.weight"].shape == (4,)
 
     class Shared(nn.Module):
         def __init__(self):
@@ -443,8 +445,12 @@ def test_unsupported_layers_and_shared_layers_fail_clearly():
             return self.fc(torch.relu(self.fc(x)))
 
     shared = Shared().to(D)
-    with pytest.raises(UnsupportedLayerError, match="runs more than once per forward pass"):
-        GGNDiagonal(shared, layer_targets(shared), F.cross_entropy).update(*_data((3,)))
+    xs, ys = _data((3,))
+    ggn = _fit(GGNDiagonal(shared, layer_targets(shared), F.cross_entropy), xs, ys, ())
+    oracle = _fit(
+        GGNDiagonal(shared, layer_targets(shared), F.cross_entropy, method="autograd"), xs, ys, ()
+    )
+    assert torch.allclose(ggn.result()["fc.weight"], oracle.result()["fc.weight"], atol=1e-12)
 
 
 def test_nan_loss_is_a_numerical_error():

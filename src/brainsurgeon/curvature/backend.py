@@ -15,6 +15,7 @@ Gradients are taken with respect to the *effective* tensors (masks applied), nev
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ from torch.func import functional_call, grad, vmap
 
 from ..errors import ConfigError, UnsupportedLayerError
 from .fields import Dense, Field
-from .layers import Taps, Targets, check_targets, functional_model, rule_for
+from .layers import Taps, Targets, functional_model, rule_for
 from .outputs import LossFn, check_loss, output_factor, output_gradients
 
 METHODS = ("rules", "autograd")
@@ -46,7 +47,15 @@ def check_method(method: str) -> str:
 
 
 class PerSampleBackend:
-    """``backend(x, y, grads=True, ggn=False) -> Sample`` for the tensors in ``targets``."""
+    """``backend(x, y, grads=True, ggn=False) -> Sample`` for the tensors in ``targets``.
+
+    ``method="rules"`` uses the layer rules for every tensor a rule covers and whose layer's
+    forward hook sees it run once per pass; every other tensor (LSTM/GRU weights, attention
+    projections, embeddings, a Linear its parent calls functionally such as
+    ``MultiheadAttention.out_proj``, shared layers) goes through the torch.func path, so
+    every tensor gets exact per-sample statistics. ``method="autograd"`` uses torch.func for
+    all of them.
+    """
 
     def __init__(
         self, model: nn.Module, targets: Targets, loss_fn: LossFn, method: str = "rules"
@@ -55,9 +64,12 @@ class PerSampleBackend:
         self.method = check_method(method)
         if not self.targets:
             raise ConfigError("no tensors to collect statistics for (targets is empty)")
-        if self.method == "rules":
-            check_targets(self.targets)
-            self.taps = Taps(self.targets)
+        ruled = self.targets if self.method == "rules" else {}
+        self.rule_targets = {n: t for n, t in ruled.items() if has_rule(*t)}
+        self.func_targets = {n: t for n, t in self.targets.items() if n not in self.rule_targets}
+        self.taps = Taps(self.rule_targets)
+        self._checked = not self.rule_targets
+        self._plain: nn.Module | None = None
 
     def __call__(
         self,
@@ -68,19 +80,30 @@ class PerSampleBackend:
         ggn: bool = False,
         what: str = "statistics",
     ) -> Sample:
-        if self.method == "rules":
-            return self._rules(x, y, grads, ggn, what)
-        return self._autograd(x, y, grads, ggn, what)
+        if not self._checked:
+            self._route_unseen(x)
+        parts = []
+        if self.rule_targets:
+            parts.append(self._rules(x, y, grads, ggn, what))
+        if self.func_targets:
+            parts.append(self._autograd(x, y, grads, ggn, what))
+        return _merge(parts)
+
+    def _route_unseen(self, x: Tensor) -> None:
+        """Move tensors whose layer the hooks do not see (run 0 or 2+ times) to torch.func."""
+        with torch.no_grad(), self.taps.recording() as taps:
+            self.model(x[:1])
+        unseen = set(taps.missing()) | set(taps.repeated())
+        for name, (module, _) in list(self.rule_targets.items()):
+            if self.taps.names[id(module)] in unseen:
+                self.func_targets[name] = self.rule_targets.pop(name)
+        self.taps = Taps(self.rule_targets)
+        self._checked = True
 
     # ----------------------------------------------------------------- layer rules
     def _rules(self, x, y, grads, ggn, what) -> Sample:
         with torch.enable_grad(), self.taps.recording() as taps:
             z = self.model(x)
-        missing = taps.missing()
-        if missing:
-            raise UnsupportedLayerError(
-                f"{missing} did not run in the forward pass; prune only tensors the model uses"
-            )
         keys = list(taps.outputs)
         outs = [taps.outputs[k] for k in keys]
         loss_sum, v = output_gradients(self.loss_fn, z, y, what)
@@ -98,7 +121,7 @@ class PerSampleBackend:
 
     def _fields(self, taps: Taps, deltas: dict[int, Tensor]) -> dict[str, Field]:
         out = {}
-        for name, (module, tensor_name) in self.targets.items():
+        for name, (module, tensor_name) in self.rule_targets.items():
             key = id(module)
             fields = rule_for(module, name).fields(module, taps.inputs[key], deltas[key])
             out[name] = fields[tensor_name]
@@ -107,7 +130,7 @@ class PerSampleBackend:
     def _ggn_fields(self, taps: Taps, deltas: dict[int, Tensor]) -> dict[str, Field]:
         per_module: dict[int, dict[str, Field]] = {}
         out = {}
-        for name, (module, tensor_name) in self.targets.items():
+        for name, (module, tensor_name) in self.rule_targets.items():
             key = id(module)
             if key not in per_module:
                 rule = rule_for(module, name)
@@ -117,10 +140,16 @@ class PerSampleBackend:
 
     # ----------------------------------------------------------------- torch.func
     def _params(self) -> dict[str, Tensor]:
-        return {name: getattr(m, t).detach() for name, (m, t) in self.targets.items()}
+        return {name: getattr(m, t).detach() for name, (m, t) in self.func_targets.items()}
+
+    def _functional(self) -> nn.Module:
+        """The plain copy torch.func runs on (made once: statistics never change the model)."""
+        if self._plain is None:
+            self._plain = functional_model(self.model)
+        return self._plain
 
     def _autograd(self, x, y, grads, ggn, what) -> Sample:
-        model, loss_fn, params = functional_model(self.model), self.loss_fn, self._params()
+        model, loss_fn, params = self._functional(), self.loss_fn, self._params()
 
         def loss_n(p, xi, yi):
             return loss_fn(functional_call(model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
@@ -132,12 +161,36 @@ class PerSampleBackend:
             z = functional_call(model, params, (x,))
             loss = check_loss(loss_fn(z, y), what)
         out = Sample(int(x.shape[0]), float(loss) * int(x.shape[0]))
-        if grads:
-            g = vmap(grad(loss_n), in_dims=(None, 0, 0))(params, x, y)
-            out.g = {name: Dense(g[name].detach()) for name in params}
-        if ggn:  # per sample n and factor column k: (J_n^T s_nk)^2, summed over k
-            factor = output_factor(loss_fn, z, y).transpose(1, 2)  # (n, K, C)
-            per_k = vmap(grad(dot_n), in_dims=(None, None, 0))
-            gk = vmap(per_k, in_dims=(None, 0, 0))(params, x, factor)
-            out.h = {name: Dense(gk[name].detach().pow(2).sum(1)) for name in params}
+        with warnings.catch_warnings():  # RNNs have no vmap rule: torch loops, and says so
+            warnings.filterwarnings("ignore", message=".*[Bb]atching rule.*")
+            if grads:
+                g = vmap(grad(loss_n), in_dims=(None, 0, 0))(params, x, y)
+                out.g = {name: Dense(g[name].detach()) for name in params}
+            if ggn:  # per sample n and factor column k: (J_n^T s_nk)^2, summed over k
+                factor = output_factor(loss_fn, z, y).transpose(1, 2)  # (n, K, C)
+                per_k = vmap(grad(dot_n), in_dims=(None, None, 0))
+                gk = vmap(per_k, in_dims=(None, 0, 0))(params, x, factor)
+                out.h = {name: Dense(gk[name].detach().pow(2).sum(1)) for name in params}
         return out
+
+
+def has_rule(module: nn.Module, tensor_name: str) -> bool:
+    """True when a layer rule covers ``module.<tensor_name>`` (and accepts the module)."""
+    try:
+        rule = rule_for(module, tensor_name)
+    except UnsupportedLayerError:
+        return False
+    return tensor_name in rule.tensors
+
+
+def _merge(parts: list[Sample]) -> Sample:
+    """One Sample from the rules part and the torch.func part (same batch, same loss)."""
+    if len(parts) == 1:
+        return parts[0]
+    first, second = parts
+    merged = Sample(first.n, first.loss_sum)
+    if first.g is not None:
+        merged.g = {**first.g, **second.g}
+    if first.h is not None:
+        merged.h = {**first.h, **second.h}
+    return merged

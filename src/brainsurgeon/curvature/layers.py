@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..errors import UnsupportedLayerError
+from ..models.adapters.tensors import layer_kind as layer_type
 from ..state import make_permanent
 from .fields import Dense, Field, Outer, sum_of_squares
 
@@ -35,14 +36,6 @@ def functional_model(model: nn.Module, *, always_copy: bool = False) -> nn.Modul
     if not always_copy and not any(parametrize.is_parametrized(m) for m in model.modules()):
         return model
     return make_permanent(copy.deepcopy(model))
-
-
-def layer_type(module: nn.Module) -> str:
-    """The user's class name (parametrized modules live in a generated subclass)."""
-    for cls in type(module).__mro__:
-        if not cls.__name__.startswith("Parametrized"):
-            return cls.__name__
-    return type(module).__name__
 
 
 class LayerRule:
@@ -150,17 +143,6 @@ def rule_for(module: nn.Module, name: str) -> LayerRule:
     )
 
 
-def check_targets(targets: Targets) -> None:
-    """Every target must be a tensor a layer rule knows (``weight``/``bias`` of a known layer)."""
-    for name, (module, tensor_name) in targets.items():
-        rule = rule_for(module, name)
-        if tensor_name not in rule.tensors:
-            raise UnsupportedLayerError(
-                f"{name}: the {layer_type(module)} rule covers {rule.tensors}, not "
-                f'{tensor_name!r}; use method="autograd"'
-            )
-
-
 class Taps:
     """Records each target layer's input and output during one forward pass."""
 
@@ -172,14 +154,13 @@ class Taps:
             self.names.setdefault(id(module), name)
         self.inputs: dict[int, Tensor] = {}
         self.outputs: dict[int, Tensor] = {}
+        self._repeated: set[int] = set()
 
     def _hook(self, module: nn.Module, inputs, output):
         key = id(module)
         if key in self.outputs:
-            raise UnsupportedLayerError(
-                f"{self.names[key]}: its {layer_type(module)} layer runs more than once per "
-                'forward pass (shared weights); use method="autograd"'
-            )
+            self._repeated.add(key)
+            return output
         if not output.requires_grad:  # frozen weights: still need d(logits)/d(output)
             output = output + torch.zeros((), device=output.device, requires_grad=True)
         self.inputs[key], self.outputs[key] = inputs[0].detach(), output
@@ -189,6 +170,7 @@ class Taps:
     def recording(self) -> Iterator[Taps]:
         self.inputs.clear()
         self.outputs.clear()
+        self._repeated.clear()
         handles = [m.register_forward_hook(self._hook) for m in self.modules.values()]
         try:
             yield self
@@ -197,4 +179,9 @@ class Taps:
                 h.remove()
 
     def missing(self) -> list[str]:
+        """Layers whose forward hook did not fire (their parent uses the weights directly)."""
         return [self.names[k] for k in self.modules if k not in self.outputs]
+
+    def repeated(self) -> list[str]:
+        """Layers that ran more than once in the pass (shared weights)."""
+        return [self.names[k] for k in self._repeated]
