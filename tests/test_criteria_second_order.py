@@ -199,7 +199,7 @@ def test_layerwise_obs_prune_hits_sparsity_and_beats_magnitude(small):
     ctx = _ctx(model, small)
     before = copy.deepcopy(model.state_dict())
     crit = make_criterion("layerwise-obs", sequential=False)
-    keep, new = crit.prune(ctx, 0.75, None)
+    keep, new = crit.solve(ctx, 0.75, None)
     assert model.state_dict().keys() == before.keys()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
     x1 = small.x.flatten(1)
@@ -211,9 +211,9 @@ def test_layerwise_obs_prune_hits_sparsity_and_beats_magnitude(small):
     mag = w * (w.abs() > w.abs().flatten().sort().values[k - 1])
     assert _layer_error(w, new["1.weight"], x1) < 0.8 * _layer_error(w, mag, x1)
     # N:M, per-layer dict, sequential calibration and the OBC / SparseGPT switch all run
-    keep_nm, _ = make_criterion("layerwise-obs").prune(ctx, 0.5, (2, 4))
+    keep_nm, _ = make_criterion("layerwise-obs").solve(ctx, 0.5, (2, 4))
     assert torch.all(keep_nm["1.weight"].view(16, -1, 4).sum(-1) == 2)
-    keep_d, _ = make_criterion("layerwise-obs", method="sparsegpt").prune(ctx, {"3.weight": 0.5})
+    keep_d, _ = make_criterion("layerwise-obs", method="sparsegpt").solve(ctx, {"3.weight": 0.5})
     assert keep_d["1.weight"].all() and int((~keep_d["3.weight"]).sum()) == 80
 
 
@@ -270,7 +270,7 @@ def test_layers_without_rules_are_scored_and_layerwise_refuses_clearly(small):
         make_criterion("layerwise-obs").scores(ctx)
     bias = {"1.bias": (model[1], "bias")}
     with pytest.raises(UnsupportedLayerError, match="1.bias is not a weight"):
-        make_criterion("layerwise-obs").prune(_ctx(model, small, targets=bias), 0.5)
+        make_criterion("layerwise-obs").solve(_ctx(model, small, targets=bias), 0.5)
 
 
 @pytest.mark.parametrize(("name", "options"), VARIANTS, ids=IDS)

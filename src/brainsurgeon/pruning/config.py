@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError, check_fraction, check_positive_int
-from .criteria import CRITERIA, make_criterion
+from .criteria import CRITERIA, Solver, make_criterion
 from .schedules import SCHEDULES, SPACINGS
 from .selection import SELECTORS
 
@@ -26,8 +26,9 @@ class PruneConfig(Config):
     get ``amount``); ``threshold``, ``nm`` and ``lam`` parametrise their schemes (``lam``
     given: the sparsity follows from it). Eligible tensors: Linear/Conv weights, plus biases
     with ``include_bias``; the first and last layers can be excluded; ``layers`` / ``exclude``
-    are glob patterns on layer or tensor names (``"encoder.*"``, ``"*.out_proj"``). Criteria that select
-    inside their solve (layer-wise OBS) prune every layer to ``amount`` under ``global`` too.
+    are glob patterns on layer or tensor names (``"encoder.*"``, ``"*.out_proj"``). Solvers
+    that select inside their solve (layer-wise OBS) prune every layer to ``amount`` under
+    ``global`` too.
 
     When: ``schedule`` (``oneshot | iterative | gradual | steps``) over ``rounds``;
     ``spacing`` (iterative: ``geometric | linear``); ``initial_amount`` (gradual's ``s_i``,
@@ -101,7 +102,7 @@ class PruneConfig(Config):
             )
 
     def _check_scheme(self) -> None:
-        if callable(getattr(CRITERIA.get(self.criterion), "prune", None)) and self.scheme not in (
+        if issubclass(CRITERIA.get(self.criterion), Solver) and self.scheme not in (
             "global",
             "per-layer",
             "nm",

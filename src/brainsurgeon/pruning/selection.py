@@ -19,6 +19,8 @@ Ties are broken deterministically: by tensor order (as given), then by flat inde
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -28,7 +30,26 @@ from ..registry import Registry
 Scores = Mapping[str, torch.Tensor]
 Keep = dict[str, torch.Tensor]
 
-SELECTORS: Registry[Callable[..., Keep]] = Registry("selection scheme")
+
+@dataclass(frozen=True)
+class Request:
+    """What a pruning step asks a selector for: the target ``amount`` (overall fraction),
+    already pruned ``masks``, per-tensor ``layer_sparsity``, the ``threshold``, ``nm`` and
+    ``lam`` parameters of their schemes, and the per-tensor ``sigma`` for class-distribution
+    (None: the spread of the scores)."""
+
+    amount: float = 0.5
+    masks: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    layer_sparsity: Mapping[str, float] | None = None
+    threshold: float | None = None
+    nm: tuple[int, int] = (2, 4)
+    lam: float | None = None
+    sigma: Mapping[str, float] | None = None
+
+
+Selector = Callable[[Scores, Request], tuple[Keep, dict[str, Any]]]
+#: scheme name -> ``selector(scores, request) -> (keep, info)``; a pruning step dispatches here.
+SELECTORS: Registry[Selector] = Registry("selection scheme")
 
 
 def _prepared(scores: Scores, masks: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -66,7 +87,6 @@ def _split(flat_prune: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Keep:
     return keep
 
 
-@SELECTORS.register("global", "class-blind: one ranking over all eligible tensors")
 def select_global(scores: Scores, amount: float, *, masks=None) -> Keep:
     """Prune the ``round(amount * n)`` lowest scores over all tensors together."""
     check_fraction("amount", amount)
@@ -76,7 +96,6 @@ def select_global(scores: Scores, amount: float, *, masks=None) -> Keep:
     return _to_devices(_split(lowest_k(flat, k), s), scores)
 
 
-@SELECTORS.register("per-layer", "class-uniform: the same fraction pruned inside each tensor")
 def select_per_layer(
     scores: Scores, amount: float, *, masks=None, layer_sparsity: Mapping[str, float] | None = None
 ) -> Keep:
@@ -95,7 +114,6 @@ def select_per_layer(
     return _to_devices(keep, scores)
 
 
-@SELECTORS.register("class-distribution", "prune score < lam * sigma per tensor, one lam for all")
 def select_class_distribution(
     scores: Scores,
     amount: float,
@@ -134,14 +152,12 @@ def select_class_distribution(
     return _to_devices(_split(chosen, ratio), scores), sum(edges) / len(edges)
 
 
-@SELECTORS.register("threshold", "prune every entry whose score is below an absolute threshold")
 def select_threshold(scores: Scores, threshold: float, *, masks=None) -> Keep:
     """Prune ``score < threshold`` (and everything already pruned)."""
     s = _prepared(scores, masks)
     return _to_devices({n: ~(v < threshold) for n, v in s.items()}, scores)
 
 
-@SELECTORS.register("nm", "N:M: keep the N best of every M consecutive input weights")
 def select_nm(scores: Scores, n: int, m: int, *, masks=None) -> Keep:
     """In each group of ``m`` consecutive entries along the input dimension keep the ``n`` best.
 
@@ -168,6 +184,38 @@ def select_nm(scores: Scores, n: int, m: int, *, masks=None) -> Keep:
         prune = prune.squeeze(0) if v.dim() == 1 else prune.movedim(-1, 1)
         keep[name] = ~prune
     return _to_devices(keep, scores)
+
+
+@SELECTORS.register("global", "class-blind: one ranking over all eligible tensors")
+def _global(scores: Scores, req: Request) -> tuple[Keep, dict[str, Any]]:
+    return select_global(scores, req.amount, masks=req.masks), {}
+
+
+@SELECTORS.register("per-layer", "class-uniform: the same fraction pruned inside each tensor")
+def _per_layer(scores: Scores, req: Request) -> tuple[Keep, dict[str, Any]]:
+    keep = select_per_layer(scores, req.amount, masks=req.masks, layer_sparsity=req.layer_sparsity)
+    return keep, {}
+
+
+@SELECTORS.register("class-distribution", "prune score < lam * sigma per tensor, one lam for all")
+def _class_distribution(scores: Scores, req: Request) -> tuple[Keep, dict[str, Any]]:
+    keep, lam = select_class_distribution(
+        scores, req.amount, masks=req.masks, sigma=req.sigma, lam=req.lam
+    )
+    return keep, {"lam": lam}
+
+
+@SELECTORS.register("threshold", "prune every entry whose score is below an absolute threshold")
+def _threshold(scores: Scores, req: Request) -> tuple[Keep, dict[str, Any]]:
+    if req.threshold is None:
+        raise ConfigError("scheme 'threshold' needs threshold=T (prune scores below T)")
+    return select_threshold(scores, req.threshold, masks=req.masks), {}
+
+
+@SELECTORS.register("nm", "N:M: keep the N best of every M consecutive input weights")
+def _nm(scores: Scores, req: Request) -> tuple[Keep, dict[str, Any]]:
+    n, m = req.nm
+    return select_nm(scores, n, m, masks=req.masks), {}
 
 
 def _finite_std(v: torch.Tensor) -> float:

@@ -1,8 +1,9 @@
-"""One pruning step: criterion scores -> selector chooses -> criterion compensates -> masks.
+"""One pruning step: statistics -> criterion scores -> selector chooses -> criterion
+compensates -> masks; or, for a :class:`~.criteria.Solver` (layer-wise OBS), its solve.
 
-Criteria whose selection is part of the solve (layer-wise OBS) implement
-``prune(ctx, sparsity, nm) -> (keep, new_weights)`` (sparsity: one fraction for every layer,
-or one per tensor); the engine writes the weights and installs the masks.
+The criterion's statistics are collected once and passed to ``score`` and ``compensate``;
+the selector comes from the ``SELECTORS`` registry by the config's scheme name; the engine
+writes the new weights and installs the masks.
 """
 
 from __future__ import annotations
@@ -11,20 +12,15 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..data.core import Dataset
+from ..losses import LossFn
 from ..state import original
 from .config import PruneConfig
-from .criteria import Criterion, SaliencyContext
+from .criteria import CompensatingCriterion, Criterion, SaliencyContext, Solver
 from .masks import find_mask, set_mask
-from .selection import (
-    select_class_distribution,
-    select_global,
-    select_nm,
-    select_per_layer,
-    select_threshold,
-    total_sparsity,
-)
+from .selection import SELECTORS, Request, total_sparsity
 
 
 def current_masks(targets: dict[str, tuple[torch.nn.Module, str]]) -> dict[str, torch.Tensor]:
@@ -44,26 +40,26 @@ def select(
     masks: dict[str, torch.Tensor],
     *,
     layer_amounts: dict[str, float] | None = None,
-    weights: dict[str, torch.Tensor] | None = None,
+    sigma: dict[str, float] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Dispatch to the configured scheme; returns ``(keep, info)``."""
-    scheme = config.scheme
-    if scheme == "global":
-        return select_global(scores, amount, masks=masks), {}
-    if scheme == "per-layer":
-        return select_per_layer(scores, amount, masks=masks, layer_sparsity=layer_amounts), {}
-    if scheme == "class-distribution":
-        sigma = None
-        if config.criterion == "magnitude" and weights is not None:  # See et al.: std of weights
-            sigma = {n: float(w.float().std()) for n, w in weights.items()}
-        keep, lam = select_class_distribution(
-            scores, amount, masks=masks, sigma=sigma, lam=config.lam
-        )
-        return keep, {"lam": lam}
-    if scheme == "threshold":
-        return select_threshold(scores, config.threshold, masks=masks), {}
-    n, m = config.nm
-    return select_nm(scores, n, m, masks=masks), {}
+    """The configured scheme's selector (from ``SELECTORS``); returns ``(keep, info)``."""
+    request = Request(
+        amount=amount,
+        masks=masks,
+        layer_sparsity=layer_amounts,
+        threshold=config.threshold,
+        nm=tuple(config.nm),
+        lam=config.lam,
+        sigma=sigma,
+    )
+    return SELECTORS.get(config.scheme)(scores, request)
+
+
+def class_spread(criterion: Criterion, ctx: SaliencyContext) -> dict[str, float] | None:
+    """The per-tensor spread the class-distribution selector divides by (None: the scores')."""
+    if criterion.class_spread != "weights":
+        return None
+    return {n: float(ctx.tensor(n).detach().float().std()) for n in ctx.targets}
 
 
 def prune_step(
@@ -78,6 +74,7 @@ def prune_step(
     seed: int,
     device: torch.device,
     progress: bool,
+    loss_fn: LossFn = F.cross_entropy,
 ) -> dict[str, Any]:
     """Score, select, compensate and mask once; returns a record of what happened."""
     masks = current_masks(targets)
@@ -85,39 +82,32 @@ def prune_step(
         model=model,
         targets=targets,
         data=data,
+        loss_fn=loss_fn,
         batch_size=config.batch_size,
         seed=seed,
         device=device,
         progress=progress,
         masks=masks,
     )
-    if solves_selection(criterion):
+    info: dict[str, Any] = {}
+    predicted = None
+    if isinstance(criterion, Solver):
         nm = tuple(config.nm) if config.scheme == "nm" else None
-        solved = criterion.prune(ctx, layer_amounts or amount, nm)
-        keep, new = solved if isinstance(solved, tuple) else (solved, None)
+        keep, new = criterion.solve(ctx, layer_amounts or amount, nm)
         _write(ctx, new)
-        info: dict[str, Any] = {}
-        predicted = None
     else:
-        scores = criterion.scores(ctx)
-        weights = {n: ctx.tensor(n).detach() for n in targets}
+        stats = criterion.statistics(ctx)
+        scores = criterion.score(ctx, stats)
+        spread = class_spread(criterion, ctx)
         keep, info = select(
-            config, scores, amount, masks, layer_amounts=layer_amounts, weights=weights
+            config, scores, amount, masks, layer_amounts=layer_amounts, sigma=spread
         )
         predicted = _predicted(criterion, scores, keep, masks)
-        _compensate(criterion, ctx, keep)
+        if isinstance(criterion, CompensatingCriterion):
+            _write(ctx, criterion.compensate(ctx, keep, stats=stats))
     for name, (module, tensor_name) in targets.items():
         set_mask(module, tensor_name, keep[name])
     return {"sparsity": total_sparsity(keep), "predicted_damage": predicted, **info}
-
-
-def solves_selection(criterion: Criterion) -> bool:
-    """True for criteria that choose the pruned set inside their solve (layer-wise OBS)."""
-    return callable(getattr(criterion, "prune", None))
-
-
-def _compensate(criterion: Criterion, ctx: SaliencyContext, keep) -> None:
-    _write(ctx, criterion.compensate(ctx, keep))
 
 
 def _write(ctx: SaliencyContext, new: dict[str, torch.Tensor] | None) -> None:

@@ -66,7 +66,7 @@ class DropoutRegression(Criterion):
         self.masks, self.keep, self.unit = int(masks), float(keep), unit
         self.solver, self.ridge = solver, float(ridge)
 
-    def scores(self, ctx: SaliencyContext) -> dict[str, torch.Tensor]:
+    def score(self, ctx: SaliencyContext, stats: object = None) -> dict[str, torch.Tensor]:
         ctx.require_data("dropout-regression")
         model = plain_copy(ctx.model).to(ctx.device)
         batches = calibration_batches(ctx, torch.float32)

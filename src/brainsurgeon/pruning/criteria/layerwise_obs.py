@@ -20,7 +20,7 @@ from ...curvature.context import finish, weights
 from ...curvature.layers import functional_model
 from ...errors import ConfigError, UnsupportedLayerError, check_fraction, check_positive_int
 from ..solvers import damped_inverse_cholesky, layer_obs_update, obc_prune, sparsegpt
-from .base import Criterion, SaliencyContext, register_criterion
+from .base import SaliencyContext, Solver, register_criterion
 
 METHODS = ("auto", "obc", "sparsegpt")
 OBC_MAX_COST = 2e9  # rows * cols^3 above which method="auto" switches to SparseGPT
@@ -44,7 +44,7 @@ def _same_modules(ctx: SaliencyContext, model) -> dict[str, torch.nn.Module]:
 
 
 @register_criterion("layerwise-obs", "per-layer OBS on ||WX - W'X||^2: exact OBC or SparseGPT")
-class LayerwiseOBS(Criterion):
+class LayerwiseOBS(Solver):
     """Options: ``method`` (auto | obc | sparsegpt), ``block_size`` (SparseGPT columns per
     block), ``damp`` (fraction of ``mean(diag H)``), ``sequential`` (calibrate each layer on
     the pruned layers before it)."""
@@ -99,9 +99,13 @@ class LayerwiseOBS(Criterion):
                 s.detach()
         return {n: s.hessian() for n, s in stats.items()}
 
-    def scores(self, ctx: SaliencyContext) -> dict[str, Tensor]:
+    def statistics(self, ctx: SaliencyContext) -> dict[str, Tensor]:
+        """Every target layer's input Hessian on the unpruned model (one calibration pass)."""
         self._check(ctx)
-        hessians, w = self.input_hessians(ctx, list(ctx.targets)), weights(ctx)
+        return self.input_hessians(ctx, list(ctx.targets))
+
+    def score(self, ctx: SaliencyContext, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        hessians, w = stats, weights(ctx)
         out = {}
         for name, H in hessians.items():
             U, _ = damped_inverse_cholesky(H.to(torch.float64), self.damp)
@@ -109,9 +113,12 @@ class LayerwiseOBS(Criterion):
             out[name] = w[name].reshape(w[name].shape[0], -1).pow(2) / (2 * diag)
         return finish(out, ctx)
 
-    def compensate(self, ctx: SaliencyContext, keep: dict[str, Tensor]) -> dict[str, Tensor]:
-        self._check(ctx)
-        hessians, w = self.input_hessians(ctx, list(ctx.targets)), weights(ctx)
+    def compensate(
+        self, ctx: SaliencyContext, keep: dict[str, Tensor], *, stats=None
+    ) -> dict[str, Tensor]:
+        """Refit the kept weights of every layer to its outputs: ``layer_obs_update``."""
+        hessians = self.statistics(ctx) if stats is None else stats
+        w = weights(ctx)
         out = {}
         for name, H in hessians.items():
             k = keep[name] & ctx.masks[name] if name in ctx.masks else keep[name]
@@ -120,17 +127,25 @@ class LayerwiseOBS(Criterion):
             out[name] = new.reshape(w[name].shape)
         return out
 
-    def prune(
+    def solve(
         self,
         ctx: SaliencyContext,
         sparsity: dict[str, float] | float,
         nm: tuple[int, int] | None = None,
+        *,
+        stats: dict[str, Tensor] | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Solve every layer: ``(keep_masks, new_weights)``, nothing written to the model."""
+        """Solve every layer: ``(keep_masks, new_weights)``, nothing written to the model.
+
+        ``sequential``: each layer's Hessian is re-collected on the outputs of the layers
+        solved before it (``stats`` is not used); otherwise ``stats`` (or one pass)."""
         self._check(ctx)
         amounts = self._amounts(ctx, sparsity, nm)
         names = [n for n in ctx.targets if n in amounts]
-        hessians = {} if self.sequential else self.input_hessians(ctx, names)
+        if self.sequential:
+            hessians = {}
+        else:
+            hessians = stats if stats is not None else self.input_hessians(ctx, names)
         work = functional_model(ctx.model, always_copy=True) if self.sequential else None
         keep, new = {}, {}
         for name in ctx.targets:

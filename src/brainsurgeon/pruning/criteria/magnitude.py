@@ -15,12 +15,13 @@ class Magnitude(Criterion):
 
     needs_data = False
     loss_scale = False
+    class_spread = "weights"  # See et al.: the class-distribution spread is the weights' std
 
     def __init__(self, power: int = 1) -> None:
         if power not in (1, 2):
             raise ConfigError(f"magnitude power must be 1 (|w|) or 2 (w^2), got {power!r}")
         self.power = int(power)
 
-    def scores(self, ctx: SaliencyContext) -> dict[str, torch.Tensor]:
+    def score(self, ctx: SaliencyContext, stats: object = None) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             return {n: ctx.tensor(n).detach().abs().pow(self.power).clone() for n in ctx.targets}

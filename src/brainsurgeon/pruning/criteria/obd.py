@@ -41,7 +41,7 @@ class OBD(Criterion):
         self.probes = check_positive_int("probes", probes)
         self.max_weights = check_positive_int("max_weights", max_weights)
 
-    def diagonal(self, ctx: SaliencyContext) -> dict[str, torch.Tensor]:
+    def statistics(self, ctx: SaliencyContext) -> dict[str, torch.Tensor]:
         """``H_qq`` of the mean loss over ``ctx.data`` for every target."""
         ctx.require_data(self.name)
         args = (ctx.model, ctx.targets, ctx.loss_fn)
@@ -62,6 +62,8 @@ class OBD(Criterion):
             acc = HutchinsonDiagonal(*args, probes=self.probes, seed=ctx.seed)
         return gather(acc, ctx, self.name).result()
 
-    def scores(self, ctx: SaliencyContext) -> dict[str, torch.Tensor]:
-        diag, w = self.diagonal(ctx), weights(ctx)
+    def score(
+        self, ctx: SaliencyContext, stats: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        diag, w = stats, weights(ctx)
         return finish({n: 0.5 * diag[n] * w[n].pow(2) for n in w}, ctx)

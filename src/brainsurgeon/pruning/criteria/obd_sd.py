@@ -51,8 +51,7 @@ class OBDSD(Criterion):
         acc = DamageStats(ctx.model, ctx.targets, ctx.loss_fn, self.method, self.chunk_size)
         return gather(acc, ctx, self.name)
 
-    def scores(self, ctx: SaliencyContext) -> dict[str, torch.Tensor]:
-        stats = self.statistics(ctx)
+    def score(self, ctx: SaliencyContext, stats: DamageStats) -> dict[str, torch.Tensor]:
         mean, sd = stats.mean(), stats.sd()
         out = {}
         for name in ctx.targets:

@@ -16,11 +16,11 @@ from ...curvature import InverseFisher, WoodburyInverse, inverse_bytes
 from ...curvature.backend import check_method
 from ...curvature.context import finish, gather, weights
 from ...errors import ConfigError, check_positive_int
-from .base import Criterion, SaliencyContext, register_criterion
+from .base import CompensatingCriterion, SaliencyContext, register_criterion
 
 
 @register_criterion("obs", "w^2 / (2 [H^-1]_qq) + weight update; exact or WoodFisher blocks")
-class OBS(Criterion):
+class OBS(CompensatingCriterion):
     """Options: ``block_size`` (None = exact inverse), ``damp`` (the ``alpha`` of ``I/alpha``),
     ``max_weights`` (largest exact inverse), ``method`` (rules | autograd), ``chunk_size``."""
 
@@ -43,7 +43,6 @@ class OBS(Criterion):
         self.damp, self.method = float(damp), check_method(method)
         self.max_weights = check_positive_int("max_weights", max_weights)
         self.chunk_size = check_positive_int("chunk_size", chunk_size)
-        self._fitted: tuple[tuple, WoodburyInverse] | None = None
 
     def _check_size(self, ctx: SaliencyContext) -> None:
         total = sum(ctx.tensor(n).numel() for n in ctx.targets)
@@ -56,14 +55,10 @@ class OBS(Criterion):
                 "or prune fewer layers"
             )
 
-    def inverse(self, ctx: SaliencyContext) -> WoodburyInverse:
-        """The fitted ``H^-1`` for ``ctx`` (reused between ``scores`` and ``compensate``)."""
+    def statistics(self, ctx: SaliencyContext) -> WoodburyInverse:
+        """The fitted ``H^-1`` over ``ctx.data`` (shared by ``score`` and ``compensate``)."""
         self._check_size(ctx)
         data = ctx.require_data(self.name)
-        w = weights(ctx)
-        key = (id(ctx), id(data), len(data), tuple(float(t.double().sum()) for t in w.values()))
-        if self._fitted is not None and self._fitted[0] == key:
-            return self._fitted[1]
         acc = InverseFisher(
             ctx.model,
             ctx.targets,
@@ -74,17 +69,16 @@ class OBS(Criterion):
             self.method,
             self.chunk_size,
         )
-        inverse = gather(acc, ctx, self.name).result()
-        self._fitted = (key, inverse)
-        return inverse
+        return gather(acc, ctx, self.name).result()
 
-    def scores(self, ctx: SaliencyContext) -> dict[str, torch.Tensor]:
-        diag, w = self.inverse(ctx).diagonal(), weights(ctx)
+    def score(self, ctx: SaliencyContext, stats: WoodburyInverse) -> dict[str, torch.Tensor]:
+        diag, w = stats.diagonal(), weights(ctx)
         return finish({n: w[n].double().pow(2) / (2 * diag[n]) for n in w}, ctx)
 
     def compensate(
-        self, ctx: SaliencyContext, keep: dict[str, torch.Tensor]
+        self, ctx: SaliencyContext, keep: dict[str, torch.Tensor], *, stats=None
     ) -> dict[str, torch.Tensor]:
+        inverse = self.statistics(ctx) if stats is None else stats
         w = weights(ctx)
         full = {}
         for name, t in w.items():
@@ -92,5 +86,5 @@ class OBS(Criterion):
             if name in ctx.masks:
                 k = k & ctx.masks[name].to(t.device, torch.bool)
             full[name] = k
-        new = self.inverse(ctx).remove(w, full)
+        new = inverse.remove(w, full)
         return {n: new[n].to(dtype=w[n].dtype, device=w[n].device) for n in w}

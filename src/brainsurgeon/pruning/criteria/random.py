@@ -22,6 +22,6 @@ class RandomCriterion(Criterion):
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
 
-    def scores(self, ctx: SaliencyContext) -> dict[str, torch.Tensor]:
+    def score(self, ctx: SaliencyContext, stats: object = None) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + self.seed)
         return {name: torch.rand(ctx.tensor(name).shape, generator=g) for name in ctx.targets}

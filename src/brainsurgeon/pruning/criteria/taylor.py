@@ -35,11 +35,13 @@ class Taylor1(Criterion):
         self.mode, self.method = mode, check_method(method)
         self.loss_scale = mode == "signed"
 
-    def scores(self, ctx: SaliencyContext) -> dict[str, torch.Tensor]:
+    def statistics(self, ctx: SaliencyContext) -> GradientStats:
         ctx.require_data(self.name)
         acc = GradientStats(ctx.model, ctx.targets, ctx.loss_fn, self.method)
-        gather(acc, ctx, self.name)
-        w = weights(ctx)
+        return gather(acc, ctx, self.name)
+
+    def score(self, ctx: SaliencyContext, stats: GradientStats) -> dict[str, torch.Tensor]:
+        acc, w = stats, weights(ctx)
         if self.mode == "per-sample-abs":
             abs_mean = acc.abs_mean()
             return finish({n: w[n].abs() * abs_mean[n] for n in w}, ctx)

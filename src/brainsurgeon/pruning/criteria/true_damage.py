@@ -38,7 +38,7 @@ class TrueDamage(Criterion):
         self.weights = None if weights is None else int(weights)
         self.dtype = dtype
 
-    def scores(self, ctx: SaliencyContext) -> dict[str, torch.Tensor]:
+    def score(self, ctx: SaliencyContext, stats: object = None) -> dict[str, torch.Tensor]:
         ctx.require_data("true-damage")
         indices = sample_entries(ctx, self.weights, seed=ctx.seed)
         damage = measure_damage(ctx, indices, dtype=DTYPES[self.dtype])
