@@ -70,6 +70,7 @@ class PerSampleBackend:
         self.taps = Taps(self.rule_targets)
         self._checked = not self.rule_targets
         self._plain: nn.Module | None = None
+        self._loop = False  # per-sample loop instead of vmap (set on the first refusal)
 
     def __call__(
         self,
@@ -164,14 +165,30 @@ class PerSampleBackend:
         with warnings.catch_warnings():  # RNNs have no vmap rule: torch loops, and says so
             warnings.filterwarnings("ignore", message=".*[Bb]atching rule.*")
             if grads:
-                g = vmap(grad(loss_n), in_dims=(None, 0, 0))(params, x, y)
+                g = self._per_sample(grad(loss_n), (params, x, y), (None, 0, 0))
                 out.g = {name: Dense(g[name].detach()) for name in params}
             if ggn:  # per sample n and factor column k: (J_n^T s_nk)^2, summed over k
                 factor = output_factor(loss_fn, z, y).transpose(1, 2)  # (n, K, C)
                 per_k = vmap(grad(dot_n), in_dims=(None, None, 0))
-                gk = vmap(per_k, in_dims=(None, 0, 0))(params, x, factor)
+                gk = self._per_sample(per_k, (params, x, factor), (None, 0, 0))
                 out.h = {name: Dense(gk[name].detach().pow(2).sum(1)) for name in params}
         return out
+
+    def _per_sample(self, fn, args, in_dims) -> dict[str, Tensor]:
+        """``vmap(fn)`` over samples; a plain loop where a layer has no batching rule."""
+        if not self._loop:
+            try:
+                return vmap(fn, in_dims=in_dims)(*args)
+            except RuntimeError as err:  # e.g. aten::lstm under vmap with some shapes
+                if "atch" not in str(err) and "shape" not in str(err):
+                    raise
+                self._loop = True
+        n = next(a for a, d in zip(args, in_dims, strict=True) if d == 0).shape[0]
+        rows = [
+            fn(*(a if d is None else a[i] for a, d in zip(args, in_dims, strict=True)))
+            for i in range(n)
+        ]
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def has_rule(module: nn.Module, tensor_name: str) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import check_positive_int
 from .backend import PerSampleBackend
@@ -107,7 +108,8 @@ class _FullBatch(Accumulator):
         leaves = {
             n: getattr(m, t).detach().requires_grad_(True) for n, (m, t) in self.targets.items()
         }
-        with torch.enable_grad():
+        # the math attention kernel: the fused CPU ones have no double backward
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
             logits = functional_call(functional_model(self.model), leaves, (x,))
             loss = check_loss(self.loss_fn(logits, y), self.what)
             grads = torch.autograd.grad(

@@ -52,7 +52,8 @@ def calibration_batches(
     ctx: SaliencyContext, dtype: torch.dtype
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     data = ctx.require_data("measured damage")
-    return [(x.to(dtype), y) for x, y in data.batches(ctx.batch_size, device=ctx.device)]
+    batches = data.batches(ctx.batch_size, device=ctx.device)
+    return [(x.to(dtype) if x.is_floating_point() else x, y) for x, y in batches]
 
 
 def mean_loss(model: nn.Module, batches, loss_fn) -> float:
@@ -88,11 +89,24 @@ def variant_losses(
         return loss_fn(functional_call(model, tensors, (x,)), y)
 
     batched = vmap(loss_of, in_dims=(0, None, None))
+
+    def looped(tensors, x, y):  # layers without a vmap rule (LSTM/GRU): one variant at a time
+        return torch.stack(
+            [loss_of({k: v[b] for k, v in tensors.items()}, x, y) for b in range(count)]
+        )
+
     total = torch.zeros(count, dtype=torch.float64, device=next(iter(stacked.values())).device)
     n = 0
     with torch.no_grad():
         for x, y in batches:
-            total += batched(stacked, x, y).to(torch.float64) * len(y)
+            try:
+                losses = batched(stacked, x, y)
+            except RuntimeError as err:
+                if "atching rule" not in str(err):
+                    raise
+                batched = looped
+                losses = batched(stacked, x, y)
+            total += losses.to(torch.float64) * len(y)
             n += len(y)
     return total / max(n, 1)
 

@@ -69,7 +69,7 @@ class DropoutRegression(Criterion):
     def score(self, ctx: SaliencyContext, stats: object = None) -> dict[str, torch.Tensor]:
         ctx.require_data("dropout-regression")
         model = plain_copy(ctx.model).to(ctx.device)
-        batches = calibration_batches(ctx, torch.float32)
+        batches = calibration_batches(ctx, next(model.parameters()).dtype)
         mean_loss(model, batches, ctx.loss_fn)  # refuses a NaN/inf loss before any work
         units = self._units(ctx)
         n_units = sum(len(u) for u in units.values())

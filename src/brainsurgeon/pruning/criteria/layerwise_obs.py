@@ -17,8 +17,10 @@ from torch import Tensor
 
 from ...curvature import LayerInputStats, collect
 from ...curvature.context import finish, weights
+from ...curvature.layer_inputs import from_matrix, hooks_visible, input_owner, weight_matrix
 from ...curvature.layers import functional_model
 from ...errors import ConfigError, UnsupportedLayerError, check_fraction, check_positive_int
+from ...models.adapters import layout_of
 from ..solvers import damped_inverse_cholesky, layer_obs_update, obc_prune, sparsegpt
 from .base import SaliencyContext, Solver, register_criterion
 
@@ -70,12 +72,13 @@ class LayerwiseOBS(Solver):
 
     def _check(self, ctx: SaliencyContext) -> None:
         for name, (module, tensor_name) in ctx.targets.items():
-            if tensor_name != "weight":
+            owner = input_owner(ctx.model, module)
+            LayerInputStats(module, name, tensor=tensor_name, owner=owner)  # rule or refusal
+            if layout_of(module, tensor_name).in_axis is None:
                 raise UnsupportedLayerError(
                     f"layerwise-obs reconstructs layer outputs through their weights; {name} "
                     "is not a weight: exclude biases (include_bias=False) or use criterion 'obs'"
                 )
-            LayerInputStats(module, name)  # raises for layer types without an input rule
 
     def input_hessians(self, ctx: SaliencyContext, names, model=None) -> dict[str, Tensor]:
         """``{name: H = 2 X X^T / N}`` of the listed layers' inputs over ``ctx.data``, run
@@ -83,17 +86,23 @@ class LayerwiseOBS(Solver):
         data = ctx.require_data(self.name)
         model = ctx.model if model is None else model
         modules = _same_modules(ctx, model)
-        stats = {n: LayerInputStats(modules[n], n).attach() for n in names}
+        stats = {
+            n: LayerInputStats(
+                modules[n], n, tensor=ctx.targets[n][1], owner=input_owner(model, modules[n])
+            ).attach()
+            for n in names
+        }
         try:
-            collect(
-                _Forward(model),
-                model,
-                data,
-                batch_size=ctx.batch_size,
-                device=ctx.device,
-                progress=ctx.progress,
-                desc=self.name,
-            )
+            with hooks_visible():
+                collect(
+                    _Forward(model),
+                    model,
+                    data,
+                    batch_size=ctx.batch_size,
+                    device=ctx.device,
+                    progress=ctx.progress,
+                    desc=self.name,
+                )
         finally:
             for s in stats.values():
                 s.detach()
@@ -108,9 +117,11 @@ class LayerwiseOBS(Solver):
         hessians, w = stats, weights(ctx)
         out = {}
         for name, H in hessians.items():
+            module, tensor = ctx.targets[name]
             U, _ = damped_inverse_cholesky(H.to(torch.float64), self.damp)
             diag = U.pow(2).sum(0).to(w[name].dtype)
-            out[name] = w[name].reshape(w[name].shape[0], -1).pow(2) / (2 * diag)
+            s = weight_matrix(module, tensor, w[name]).pow(2) / (2 * diag)
+            out[name] = from_matrix(module, tensor, s, w[name].shape)
         return finish(out, ctx)
 
     def compensate(
@@ -121,10 +132,11 @@ class LayerwiseOBS(Solver):
         w = weights(ctx)
         out = {}
         for name, H in hessians.items():
+            module, tensor = ctx.targets[name]
             k = keep[name] & ctx.masks[name] if name in ctx.masks else keep[name]
-            W2 = w[name].reshape(w[name].shape[0], -1)
-            new = layer_obs_update(W2, H, k.reshape(W2.shape), damp=self.damp)
-            out[name] = new.reshape(w[name].shape)
+            W2 = weight_matrix(module, tensor, w[name])
+            new = layer_obs_update(W2, H, weight_matrix(module, tensor, k), damp=self.damp)
+            out[name] = from_matrix(module, tensor, new, w[name].shape)
         return out
 
     def solve(
@@ -158,9 +170,11 @@ class LayerwiseOBS(Solver):
             if name not in amounts:
                 continue
             H = self.input_hessians(ctx, [name], work)[name] if work is not None else hessians[name]
-            W2, k2 = w.reshape(w.shape[0], -1), keep[name].reshape(w.shape[0], -1)
+            module, tensor = ctx.targets[name]
+            W2, k2 = weight_matrix(module, tensor, w), weight_matrix(module, tensor, keep[name])
             W_new, k_new = self._solve(W2, H, amounts[name], nm, k2)
-            new[name], keep[name] = W_new.reshape(w.shape), k_new.reshape(w.shape)
+            new[name] = from_matrix(module, tensor, W_new, w.shape)
+            keep[name] = from_matrix(module, tensor, k_new, w.shape)
             if work is not None:  # later layers calibrate on this layer's pruned outputs
                 with torch.no_grad():
                     getattr(_same_modules(ctx, work)[name], ctx.targets[name][1]).copy_(new[name])
