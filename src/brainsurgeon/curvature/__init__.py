@@ -25,6 +25,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.core import Dataset
+from ..errors import BrainsurgeonError
+from ..models.adapters import compressible
+from ..utils import preserved_modes
 from .backend import METHODS, PerSampleBackend
 from .diagonal import ExactDiagonal, GGNDiagonal, GradientStats, HutchinsonDiagonal
 from .inverse import BlockLayout, InverseFisher, WoodburyInverse, inverse_bytes
@@ -48,8 +51,6 @@ def collect(
     desc: str = "statistics",
 ) -> _Updatable:
     """Feed ``accumulator`` every batch of ``data`` with ``model`` in eval mode; return it."""
-    was_training = model.training
-    model.eval()
     n_batches = -(-len(data) // batch_size)
     bar = tqdm(
         total=n_batches,
@@ -58,26 +59,23 @@ def collect(
         unit="batch",
         disable=not (progress and sys.stderr.isatty()),
     )
-    try:
-        for x, y in data.batches(batch_size, device=device):
-            accumulator.update(x, y)
-            bar.update(1)
-    finally:
-        bar.close()
-        model.train(was_training)
+    with preserved_modes(model, "eval"):
+        try:
+            for i, (x, y) in enumerate(data.batches(batch_size, device=device)):
+                try:
+                    accumulator.update(x, y)
+                except BrainsurgeonError as err:  # name the batch: the user can look at it
+                    raise type(err)(f"{err} (batch {i + 1} of {n_batches} of {desc})") from None
+                bar.update(1)
+        finally:
+            bar.close()
     return accumulator
 
 
 def layer_targets(model: nn.Module, *, biases: bool = False) -> Targets:
-    """``{"fc1.weight": (fc1, "weight"), ...}`` for every Linear/Conv2d layer of ``model``."""
-    out: Targets = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear | nn.Conv2d):
-            prefix = f"{name}." if name else ""
-            out[f"{prefix}weight"] = (module, "weight")
-            if biases and module.bias is not None:
-                out[f"{prefix}bias"] = (module, "bias")
-    return out
+    """``{"fc1.weight": (fc1, "weight"), ...}``: every compressible tensor of ``model`` (the
+    adapter's table, :func:`brainsurgeon.models.adapters.compressible`)."""
+    return compressible(model, include_bias=biases)
 
 
 __all__ = [

@@ -18,13 +18,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import NumericalError
+from ..errors import ConfigError, NumericalError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def check_loss(loss: Tensor, what: str) -> Tensor:
-    """Raise :class:`NumericalError` on a NaN or infinite loss; return it otherwise."""
+    """The loss as a scalar; :class:`ConfigError` unless it is one scalar tensor (the batch
+    mean), :class:`NumericalError` when it is NaN or infinite."""
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise ConfigError(
+            f"the loss returned {shape} while collecting {what}; a loss must return one "
+            "scalar tensor, the batch mean (e.g. F.mse_loss(out, y), or .mean() at the end)"
+        )
+    loss = loss.reshape(())
     if not bool(torch.isfinite(loss).all()):
         raise NumericalError(
             f"the loss is {loss.detach().flatten()[0].item()} while collecting {what}; "
