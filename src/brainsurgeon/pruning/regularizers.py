@@ -19,27 +19,44 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..models.adapters import TensorLayout, compressible, layout_of
 from ..state import original
 from ..training import lp_penalty
-from .targets import prunable_layers
 
 Penalty = Callable[[nn.Module], torch.Tensor]
 
 __all__ = ["Penalty", "ReweightedL1", "group_lasso", "lp_penalty"]
 
 
+def _weights(model: nn.Module) -> list[tuple[str, nn.Module, str, TensorLayout]]:
+    """Every compressible weight (not bias) with its layout."""
+    out = []
+    for name, (module, tensor) in compressible(model).items():
+        layout = layout_of(module, tensor)
+        if layout.in_axis is not None:
+            out.append((name, module, tensor, layout))
+    return out
+
+
+def _unit_norms(w: torch.Tensor, axis: int) -> torch.Tensor:
+    """``||w[..., i, ...]||_2`` for every index ``i`` along ``axis``."""
+    dims = tuple(d for d in range(w.dim()) if d != axis)
+    return w.pow(2).sum(dim=dims).add(1e-12).sqrt()
+
+
 def group_lasso(lam: float, *, rows: bool = True, columns: bool = True) -> Penalty:
-    """``lam * (sum_i ||W[i, :]||_2 + sum_j ||W[:, j]||_2)`` over Linear/Conv weights."""
+    """``lam * (sum_i ||W[i, :]||_2 + sum_j ||W[:, j]||_2)`` over the compressible weights:
+    ``i`` the output units (neurons, filters), ``j`` the input units (the adapter's layout)."""
 
     def penalty(model: nn.Module) -> torch.Tensor:
         total = None
-        for _, module in prunable_layers(model):
-            w = module.weight.reshape(module.weight.shape[0], module.weight.shape[1], -1)
+        for _, module, tensor, layout in _weights(model):
+            w = getattr(module, tensor)
             term = w.new_zeros(())
             if rows:
-                term = term + w.pow(2).sum(dim=(1, 2)).add(1e-12).sqrt().sum()
+                term = term + _unit_norms(w, layout.out_axis).sum()
             if columns:
-                term = term + w.pow(2).sum(dim=(0, 2)).add(1e-12).sqrt().sum()
+                term = term + _unit_norms(w, layout.in_axis).sum()
             total = term if total is None else total + term
         if total is None:
             return torch.zeros(())
@@ -62,23 +79,24 @@ class ReweightedL1:
 
     def reweight(self, model: nn.Module) -> None:
         self.weights_ = {
-            name: 1.0 / (module.weight.detach().abs() + self.eps)
-            for name, module in prunable_layers(model)
+            name: 1.0 / (getattr(module, tensor).detach().abs() + self.eps)
+            for name, module, tensor, _ in _weights(model)
         }
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         """The penalty's value (for monitoring; not for the gradient)."""
         total = torch.zeros(())
-        for name, module in prunable_layers(model):
-            a = self.weights_.get(name, torch.ones_like(module.weight))
-            total = total + (a * module.weight.detach().abs()).sum().cpu()
+        for name, module, tensor, _ in _weights(model):
+            w = getattr(module, tensor).detach()
+            a = self.weights_.get(name, torch.ones_like(w))
+            total = total + (a * w.abs()).sum().cpu()
         return self.lam * total
 
     @torch.no_grad()
     def step(self, model: nn.Module, lr: float) -> None:
         """Soft-threshold every layer weight: ``sign(w) max(|w| - lr lam a, 0)``."""
-        for name, module in prunable_layers(model):
-            w = original(module, "weight")
+        for name, module, tensor, _ in _weights(model):
+            w = original(module, tensor)
             a = self.weights_.get(name)
             shrink = lr * self.lam * (a if a is not None else 1.0)
             w.copy_(w.sign() * (w.abs() - shrink).clamp(min=0.0))

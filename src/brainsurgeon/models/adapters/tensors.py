@@ -73,7 +73,6 @@ for _conv in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
     register_layout(_conv)(_transposed)
 
 
-@register_layout(nn.RNNBase)
 def _recurrent(module: nn.Module) -> list[TensorLayout]:
     """LSTM/GRU/RNN: ``weight_ih_l{k}`` (gates*hidden, in) and ``weight_hh_l{k}``; biases."""
     out = []
@@ -83,6 +82,10 @@ def _recurrent(module: nn.Module) -> list[TensorLayout]:
         elif name.startswith("bias_"):
             out.append(TensorLayout(name, 0, None, bias=True))
     return out
+
+
+for _rnn in (nn.LSTM, nn.GRU, nn.RNN):
+    register_layout(_rnn)(_recurrent)
 
 
 @register_layout(nn.MultiheadAttention)
