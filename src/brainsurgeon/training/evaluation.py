@@ -135,3 +135,11 @@ def describe(result: dict[str, Any]) -> str:
     if "mse" in result:
         return f"mse {result['mse']:.4g}, mae {result['mae']:.4g}, r2 {result['r2']:.4f}"
     return f"loss {result['loss']:.4g}"
+
+
+def recorded_loss(config: dict[str, Any]) -> str | None:
+    """The task loss a run's config records (``config["loss"]``, else ``training.loss``)."""
+    loss = config.get("loss")
+    if loss is None and isinstance(config.get("training"), dict):
+        loss = config["training"].get("loss")
+    return loss if isinstance(loss, str) else None
