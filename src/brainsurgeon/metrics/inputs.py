@@ -24,7 +24,7 @@ Example = Tensor | dict[str, Tensor]
 ExampleLike = Example | tuple[int, ...] | list[int] | Dataset | DataBundle | tuple
 
 
-def _is_shape(value: Any) -> bool:
+def is_shape(value: Any) -> bool:
     return isinstance(value, tuple | list) and all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     )
@@ -43,7 +43,7 @@ def example_input(
     source: ExampleLike, model: nn.Module | None = None, device: torch.device | None = None
 ) -> Example:
     """One sample (batch axis of 1) from ``source``, on ``device``; see the module doc."""
-    if _is_shape(source):
+    if is_shape(source):
         tokens = model is not None and takes_tokens(model)
         x: Example = torch.zeros(1, *source, dtype=torch.long if tokens else torch.float32)
     elif isinstance(source, Tensor):
