@@ -64,6 +64,11 @@ def evaluate(
 
 def _accumulate(sums: dict[str, Any], task: str, fn, out: Tensor, y: Tensor, where: str) -> None:
     n = int(y.shape[0])
+    if task == "regression" and y.numel() != out.numel():
+        raise DataError(
+            f"regression outputs have shape {tuple(out.shape)} but the targets "
+            f"{tuple(y.shape)} on {where}; give the model one output per target value"
+        )
     _add(sums, "samples", n)
     if task == "classification" and fn is F.cross_entropy:
         _add(sums, "loss", F.cross_entropy(out, y, reduction="sum").item())
@@ -73,11 +78,6 @@ def _accumulate(sums: dict[str, Any], task: str, fn, out: Tensor, y: Tensor, whe
         _add(sums, "correct", (out.argmax(1) == y).sum().item())
     elif task == "regression":
         z = out.detach().to(torch.float64)
-        if y.numel() != z.numel():
-            raise DataError(
-                f"regression outputs have shape {tuple(out.shape)} but the targets "
-                f"{tuple(y.shape)} on {where}; give the model one output per target value"
-            )
         t = y.to(torch.float64).reshape(z.shape)
         diff = (z - t).reshape(n, -1)
         t = t.reshape(n, -1)
