@@ -12,8 +12,9 @@ Four ways to choose the rank ``k`` of each layer (exactly one per config):
 
 Candidates are the adapter's compressible layers (:mod:`brainsurgeon.models.adapters`) of a
 type with a low-rank form (Linear, Conv2d). A Linear whose parent reads its weight directly
-instead of calling it (``nn.MultiheadAttention.out_proj``) cannot be replaced: it is left
-dense with that reason, and naming it in ``layers`` is an error.
+instead of calling it (``nn.MultiheadAttention.out_proj``; ``linear1`` / ``linear2`` of an
+``nn.TransformerEncoderLayer``, whose fused inference path reads them) cannot be replaced: it
+is left dense with that reason, and naming it in ``layers`` is an error.
 """
 
 from __future__ import annotations

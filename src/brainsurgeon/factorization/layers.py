@@ -101,8 +101,12 @@ FACTORED: dict[type[nn.Module], type[LowRankLinear] | type[LowRankConv2d]] = {
 
 # Parents that read a child's weight directly instead of calling the child (so replacing the
 # child by a factor pair breaks the parent): nn.MultiheadAttention passes out_proj.weight to
-# F.multi_head_attention_forward.
-FUNCTIONAL_CHILDREN: dict[type[nn.Module], tuple[str, ...]] = {nn.MultiheadAttention: ("out_proj",)}
+# F.multi_head_attention_forward; nn.TransformerEncoderLayer's fused inference path (eval,
+# batch_first) passes linear1/linear2 weights to torch._transformer_encoder_layer_fwd.
+FUNCTIONAL_CHILDREN: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.MultiheadAttention: ("out_proj",),
+    nn.TransformerEncoderLayer: ("linear1", "linear2"),
+}
 
 
 def functional_children(model: nn.Module) -> dict[str, str]:
