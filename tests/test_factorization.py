@@ -183,7 +183,9 @@ def test_energy_that_removes_nothing_says_so_and_leaves_the_model(trained_mlp):
     assert result.note.startswith("nothing factorized: no layer shrinks with energy=0.999")
     assert result.to_dict()["note"] == result.note
     assert result.to_dict()["weights_after"] == result.to_dict()["weights_before"]
-    for (n, a), (_, b) in zip(model.state_dict().items(), trained_mlp.state_dict().items()):
+    for (n, a), (_, b) in zip(
+        model.state_dict().items(), trained_mlp.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), n
     with pytest.raises(ConfigError, match="nothing to factorize with rank=48 .*would grow"):
         factorize(copy.deepcopy(trained_mlp), FactorizeConfig(rank=48))

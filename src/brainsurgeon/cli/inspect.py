@@ -130,6 +130,13 @@ def render(payload: dict[str, Any]) -> str:
         f"({t['dense_bytes']:,} -> {t['stored_bytes']:,} bytes)",
         *_sparsity_lines(payload),
     ]
+    lines += _footer(payload)
+    return "\n".join(lines)
+
+
+def _footer(payload: dict[str, Any]) -> list[str]:
+    """Recorded accuracy, latency and energy lines (those the payload has)."""
+    lines: list[str] = []
     if "test_accuracy" in payload:
         lines.append(f"test accuracy (recorded): {100 * payload['test_accuracy']:.2f}%")
     if "latency" in payload:
@@ -146,7 +153,7 @@ def render(payload: dict[str, Any]) -> str:
             f"energy estimate (45 nm): {e.get('total_nj', e.get('energy_nj', 0)):.3g} nJ "
             f"per inference{fit_text}"
         )
-    return "\n".join(lines)
+    return lines
 
 
 def _sparsity_lines(payload: dict[str, Any]) -> list[str]:

@@ -128,13 +128,9 @@ def energy_report(
     compute = sum(r["compute_pj"] for r in layers)
     fits = budget is not None and total_bytes <= budget
     words = math.ceil(total_bytes * 8 / 32)
-    dense_words = math.ceil(dense_bytes * 8 / 32)
     mem_sram, mem_dram = words * PJ["sram_read"], words * PJ["dram_read"]
     memory = mem_sram if fits else mem_dram
-    dense_fits = budget is not None and dense_bytes <= budget
-    dense_pj = sum(r["dense_fp32_compute_pj"] for r in layers) + dense_words * (
-        PJ["sram_read"] if dense_fits else PJ["dram_read"]
-    )
+    dense_fits, dense_pj = _dense_baseline(layers, dense_bytes, budget)
     total = compute + memory
     return {
         "energy_nj": total * 1e-3,
@@ -159,6 +155,14 @@ def energy_report(
         "energy_saving": dense_pj / total if total else math.inf,
         "size_ratio": dense_bytes / total_bytes if total_bytes else math.inf,
     }
+
+
+def _dense_baseline(layers: list[dict[str, Any]], dense_bytes: int, budget: int | None):
+    """``(fits the budget, energy pJ)`` of the dense float32 model: every MAC, every word."""
+    fits = budget is not None and dense_bytes <= budget
+    words = math.ceil(dense_bytes * 8 / 32)
+    read = PJ["sram_read"] if fits else PJ["dram_read"]
+    return fits, sum(r["dense_fp32_compute_pj"] for r in layers) + words * read
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

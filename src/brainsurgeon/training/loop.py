@@ -66,6 +66,11 @@ def weight_targets(model: nn.Module) -> Targets:
         return {}
 
 
+def weight_layers(model: nn.Module) -> list[nn.Module]:
+    """The modules owning :func:`weight_targets` (each once, in model order)."""
+    return list({id(m): m for m, _ in weight_targets(model).values()}.values())
+
+
 def weight_tensors(model: nn.Module) -> list[torch.Tensor]:
     """Effective weight tensors (after parametrizations) of the compressible layers."""
     return [getattr(m, t) for m, t in weight_targets(model).values()]
@@ -171,8 +176,7 @@ def fit(
     opt = make_optimizer(params if params is not None else model.parameters(), config)
     gen = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
-    best: tuple[float, Any] = (-math.inf, None)
-    stale = 0
+    best = _Best(config.patience)
     for epoch in range(config.epochs):
         for group in opt.param_groups:
             group["lr"] = config.lr * lr_factor(config, epoch)
@@ -185,18 +189,33 @@ def fit(
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if config.patience and measured is not None:
-            if measured > best[0]:
-                best, stale = (measured, copy.deepcopy(model.state_dict())), 0
-            else:
-                stale += 1
-                if stale >= config.patience:
-                    record["early_stopped"] = True
-                    break
-    if config.patience and best[1] is not None:
-        model.load_state_dict(best[1])
+        if best.stop(model, measured):
+            record["early_stopped"] = True
+            break
+    best.restore(model)
     model.eval()
     return history
+
+
+class _Best:
+    """Early stopping: the best-scoring weights so far and the epochs since they improved."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience, self.score, self.state, self.stale = patience, -math.inf, None, 0
+
+    def stop(self, model: nn.Module, measured: float | None) -> bool:
+        """Record this epoch's score; True once ``patience`` epochs passed without a gain."""
+        if not self.patience or measured is None:
+            return False
+        if measured > self.score:
+            self.score, self.state, self.stale = measured, copy.deepcopy(model.state_dict()), 0
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        if self.patience and self.state is not None:
+            model.load_state_dict(self.state)
 
 
 def _validate(model, val, loss, device, record: dict[str, Any]) -> float | None:
