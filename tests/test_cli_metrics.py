@@ -55,3 +55,13 @@ def test_regression_table_and_recorded_loss(trained_run):
     assert recorded_loss({"loss": "mse"}) == "mse"
     assert recorded_loss({"training": {"loss": "l1"}}) == "l1"
     assert recorded_loss(load_run(trained_run).config) is None
+
+
+def test_factorize_energy_that_removes_nothing_says_so(trained_run, tmp_path):
+    out = tmp_path / "svd"
+    proc = run_cli("factorize", str(trained_run), "--energy", "0.999999", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing factorized: no layer shrinks with energy=0.999999" in proc.stdout
+    assert "the model is unchanged" in proc.stderr  # said while working, too
+    summary = json.loads((out / "config.json").read_text())["compression"]["factorization"]
+    assert summary["factorized"] == [] and summary["note"].startswith("nothing factorized")

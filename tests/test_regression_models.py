@@ -163,3 +163,11 @@ def test_penalties_and_max_norm_follow_the_adapter():
     for w in (model["rnn"].weight_ih_l0, model["rnn"].weight_hh_l0):
         assert w.norm(dim=1).max() <= 0.5 + 1e-6  # rows are gate units (outputs on axis 0)
     assert torch.equal(model["emb"].weight, emb) and torch.equal(model["up"].weight, up)
+
+
+def test_jitter_on_token_ids_is_refused():
+    ids, y = torch.randint(0, 10, (16, 4)), torch.randn(16)
+    model = nn.Sequential(nn.Embedding(10, 3), nn.Flatten(), nn.Linear(12, 1))
+    with pytest.raises(ConfigError, match="inputs are torch.int64 \\(token ids\\?\\); set shift=0"):
+        fit(model, (ids, y), TrainConfig(epochs=1, shift=1), progress=False)
+    fit(model, (ids, y), TrainConfig(epochs=1), progress=False)  # token ids train fine

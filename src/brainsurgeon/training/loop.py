@@ -167,6 +167,11 @@ def fit(
     if val is None and isinstance(data, DataBundle):
         val = data.val
     val = None if val is None else as_dataset(val, "val")
+    if (config.shift or config.noise) and not train_set.x.is_floating_point():
+        raise ConfigError(
+            f"shift / noise jitter images, but these inputs are {train_set.x.dtype} (token "
+            "ids?); set shift=0 and noise=0 for this data"
+        )
     loss = task_loss(loss, train_set)
     objective = loss_fn or model_loss(loss)
     model.to(device)
