@@ -173,12 +173,22 @@ def test_energy_mode_reports_ranks_and_skips_layers_it_cannot_shrink(trained_mlp
         else:
             assert p.rank == 0 and "would grow" in p.reason
             assert isinstance(model.get_submodule(p.name), nn.Linear)
-    assert any(p.rank for p in result.layers)
-    with pytest.raises(
-        ConfigError,
-        match="nothing to factorize with energy=0.999 .*fc1: left dense: rank .* would grow",
+    assert any(p.rank for p in result.layers) and result.note == ""
+
+
+def test_energy_that_removes_nothing_says_so_and_leaves_the_model(trained_mlp):
+    model = copy.deepcopy(trained_mlp)
+    result = factorize(model, FactorizeConfig(energy=0.999))
+    assert result.factorized == [] and all("would grow" in p.reason for p in result.layers)
+    assert result.note.startswith("nothing factorized: no layer shrinks with energy=0.999")
+    assert result.to_dict()["note"] == result.note
+    assert result.to_dict()["weights_after"] == result.to_dict()["weights_before"]
+    for (n, a), (_, b) in zip(
+        model.state_dict().items(), trained_mlp.state_dict().items(), strict=True
     ):
-        factorize(copy.deepcopy(trained_mlp), FactorizeConfig(energy=0.999))
+        assert torch.equal(a, b), n
+    with pytest.raises(ConfigError, match="nothing to factorize with rank=48 .*would grow"):
+        factorize(copy.deepcopy(trained_mlp), FactorizeConfig(rank=48))
 
 
 def test_ratio_mode_meets_the_rate_everywhere(trained_mlp):

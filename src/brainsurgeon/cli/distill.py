@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     from ..distillation import distill
     from ..models import build_model
     from ..runs import load_run, save
-    from ..training import evaluate
+    from ..training import describe, evaluate
+    from ..training.evaluation import recorded_loss
     from ..utils import resolve_device, seed_everything
 
     config = _config(args)
@@ -123,15 +124,13 @@ def run(args: argparse.Namespace) -> int:
     data = teacher_run.data(progress=not args.quiet)
     seed_everything(args.seed)
     student = build_model(args.student, data.input_shape, data.num_classes)
+    task = recorded_loss(teacher_run.config)  # the teacher's task loss (None: from the labels)
     result = distill(
-        teacher_run.model, student, config, data, device=device, progress=not args.quiet
+        teacher_run.model, student, config, data, device=device, progress=not args.quiet, loss=task
     )
-    teacher_ev, student_ev = evaluate(teacher_run.model, data), evaluate(student, data)
-    say(
-        args,
-        f"student test accuracy {student_ev['accuracy']:.4f} "
-        f"(teacher {teacher_ev['accuracy']:.4f})",
-    )
+    teacher_ev = evaluate(teacher_run.model, data, loss=task)
+    student_ev = evaluate(student, data, loss=task)
+    say(args, f"student test {describe(student_ev)} (teacher {describe(teacher_ev)})")
     record = {
         "teacher": str(teacher_run.path),
         "teacher_model": teacher_run.config["model"],
@@ -176,26 +175,27 @@ def _params(model) -> int:
 
 
 def _text(record: dict, out) -> str:
+    from ..training import headline
+
+    metric = headline(record["student_test"])[0]
     rows = [
         [
-            "teacher",
-            record["teacher_model"]["name"],
-            record["teacher_params"],
-            record["teacher_test"]["accuracy"],
-            record["teacher_test"]["errors"],
-        ],
-        [
-            "student",
-            record["student"],
-            record["student_params"],
-            record["student_test"]["accuracy"],
-            record["student_test"]["errors"],
-        ],
+            role,
+            name,
+            record[f"{role}_params"],
+            headline(record[f"{role}_test"])[1],
+            record[f"{role}_test"].get("errors", "-"),
+        ]
+        for role, name in (
+            ("teacher", record["teacher_model"]["name"]),
+            ("student", record["student"]),
+        )
     ]
     t = record["transfer"]
+    header = "test acc" if metric == "accuracy" else f"test {metric}"
     return "\n".join(
         [
-            table(rows, ["", "model", "params", "test acc", "errors"]),
+            table(rows, ["", "model", "params", header, "errors"]),
             f"\nloss {record['loss']} (T={record['temperature']}, alpha={record['alpha']}), "
             f"transfer set {t['kind']} ({t['samples']:,} samples, labels "
             f"{'used' if t['labels_used'] else 'ignored'})",

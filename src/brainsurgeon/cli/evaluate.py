@@ -1,4 +1,7 @@
-"""``brainsurgeon evaluate``: accuracy and loss of a run on a split of its data."""
+"""``brainsurgeon evaluate``: the task's metric of a run on a split of its data.
+
+Classification runs report accuracy, loss and errors; regression runs (config ``"loss":
+"mse"`` or ``"l1"``, or float targets) report mse, mae, rmse, r2 and the loss."""
 
 from __future__ import annotations
 
@@ -11,13 +14,14 @@ EPILOG = """\
 examples:
   brainsurgeon evaluate runs/lenet300
   brainsurgeon evaluate runs/lenet300 --split val --json
-  brainsurgeon evaluate runs/lenet300 --data my_mnist.npz   # same model, other data"""
+  brainsurgeon evaluate runs/lenet300 --data my_mnist.npz   # same model, other data
+  brainsurgeon evaluate runs/housing --loss mse             # regression metrics"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="accuracy and loss of a run on test/val/train",
+        help="accuracy (or mse/mae for regression) and loss of a run on test/val/train",
         description=__doc__,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -25,32 +29,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     p.add_argument("--data", default=None, help="evaluate on other data (default: the run's)")
+    p.add_argument(
+        "--loss",
+        default=None,
+        help="task loss: cross_entropy, mse or l1 (default: the run's recorded loss, else "
+        "chosen from the targets)",
+    )
     add_common(p, seed=False)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..training import evaluate
+    from ..training.evaluation import recorded_loss
 
     r = open_run(args)
     data = r.data(name=args.data) if args.data else r.data()
-    result = evaluate(r.model, data, split=args.split)
+    loss = args.loss or recorded_loss(r.config)
+    result = evaluate(r.model, data, split=args.split, loss=loss)
     payload = {"run": str(r.path), "split": args.split, **result}
-    emit(
-        args,
-        payload,
-        table(
-            [
-                [
-                    str(r.path),
-                    args.split,
-                    result["accuracy"] * 100,
-                    result["loss"],
-                    result["errors"],
-                    result["samples"],
-                ]
-            ],
-            ["run", "split", "accuracy %", "loss", "errors", "samples"],
-        ),
-    )
+    emit(args, payload, _table(str(r.path), args.split, result))
     return 0
+
+
+def _table(path: str, split: str, result: dict) -> str:
+    if "accuracy" in result:
+        row = [result["accuracy"] * 100, result["loss"], result["errors"]]
+        header = ["accuracy %", "loss", "errors"]
+    elif "mse" in result:
+        row = [result[k] for k in ("mse", "mae", "rmse", "r2", "loss")]
+        header = ["mse", "mae", "rmse", "r2", "loss"]
+    else:
+        row, header = [result["loss"]], ["loss"]
+    return table([[path, split, *row, result["samples"]]], ["run", "split", *header, "samples"])

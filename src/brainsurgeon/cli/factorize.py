@@ -105,7 +105,8 @@ def _options(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..factorization import factorize
     from ..runs import load_run, save
-    from ..training import evaluate, fit
+    from ..training import describe, evaluate, fit
+    from ..training.evaluation import recorded_loss
     from ..utils import resolve_device, seed_everything
 
     config, train = _options(args)
@@ -113,21 +114,25 @@ def run(args: argparse.Namespace) -> int:
     parent = load_run(args.run, device=device)
     data = parent.data(progress=not args.quiet)
     seed_everything(args.seed)
-    model = parent.model
-    before = evaluate(model, data)
-    result = factorize(model, config, data)
-    after = evaluate(model, data)
-    say(args, f"factorized: test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}")
+    model, loss = parent.model, recorded_loss(parent.config)
+    before = evaluate(model, data, loss=loss)
+    result = factorize(model, config, data, loss=loss, device=device)
+    if result.note:
+        say(args, result.note)
+    after = evaluate(model, data, loss=loss)
+    say(args, f"factorized: test {describe(before)} -> {describe(after)}")
     history = []
     if train.epochs:
-        history = fit(model, data, train, device=device, progress=not args.quiet, desc="finetune")
-        after = evaluate(model, data)
-        say(args, f"fine-tuned {train.epochs} epochs: test accuracy {after['accuracy']:.4f}")
+        history = fit(
+            model, data, train, device=device, loss=loss, progress=not args.quiet, desc="finetune"
+        )
+        after = evaluate(model, data, loss=loss)
+        say(args, f"fine-tuned {train.epochs} epochs: test {describe(after)}")
     summary = {
         **result.to_dict(),
         "finetune": train.to_dict() if train.epochs else None,
-        "accuracy_before": before["accuracy"],
-        "accuracy_factored": after["accuracy"],
+        "accuracy_before": before.get("accuracy"),
+        "accuracy_factored": after.get("accuracy"),
     }
     cfg = parent.child_config({"step": "factorize", **summary})
     cfg.setdefault("compression", {})["factorization"] = summary
@@ -139,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _text(result, before, after, out) -> str:
+    from ..training import describe
+
     rows = [
         [
             p.name,
@@ -173,7 +180,8 @@ def _text(result, before, after, out) -> str:
         ),
         f"\nweights in these layers: {d['weights_before']:,} -> {d['weights_after']:,} "
         f"({d['weight_ratio']:.2f}x)",
-        f"test accuracy: {before['accuracy']:.4f} -> {after['accuracy']:.4f}",
+        *([result.note] if result.note else []),
+        f"test {describe(before)} -> {describe(after)}",
         f"saved to {out}",
     ]
     return "\n".join(lines)

@@ -16,7 +16,9 @@ examples:
 
 bytes = what the weights take as stored: fp32 for dense tensors, the quantizer's own
 accounting (indices + codebooks) for quantized ones. FLOPs are per input sample (2 per
-multiply-add); 'nz FLOPs' counts only multiply-adds with a nonzero weight."""
+multiply-add; LSTM/GRU gates per time step, attention projections, QK^T and AV);
+'nz FLOPs' counts only multiply-adds with a nonzero weight. Below the table: sparsity over
+every parameter and over the compressible tensors, and each parameter left dense with why."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,20 +44,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def inspect_payload(r, *, latency: bool, sram: str | None) -> dict[str, Any]:
-    from ..metrics import measure_latency, summarize
+def inspect_payload(r, *, latency: bool, sram: str | None, example=None) -> dict[str, Any]:
+    """The inspect payload of run ``r``; ``example``: an input for FLOPs (default: zeros of the
+    recorded input shape, token ids for an embedding model)."""
+    from ..metrics import example_input, inspect_model, measure_latency
 
-    shape = tuple(r.config["model"]["input_shape"])
+    source = example if example is not None else tuple(r.config["model"]["input_shape"])
+    x = example_input(source, r.model)
     payload: dict[str, Any] = {
         "run": str(r.path),
         "model": r.config["model"]["name"],
-        **summarize(r.model, shape),
+        **inspect_model(r.model, x),
     }
-    energy = _energy(r.model, shape, sram)
+    energy = _energy(r.model, x, sram)
     if energy is not None:
         payload["energy"] = energy
     if latency:
-        payload["latency"] = measure_latency(r.model, shape)
+        payload["latency"] = measure_latency(r.model, source)
     if "test_accuracy" in r.metrics:
         payload["test_accuracy"] = r.metrics["test_accuracy"]
     return payload
@@ -123,7 +128,15 @@ def render(payload: dict[str, Any]) -> str:
         ),
         f"compression vs dense fp32: {t['compression_ratio']:.2f}x "
         f"({t['dense_bytes']:,} -> {t['stored_bytes']:,} bytes)",
+        *_sparsity_lines(payload),
     ]
+    lines += _footer(payload)
+    return "\n".join(lines)
+
+
+def _footer(payload: dict[str, Any]) -> list[str]:
+    """Recorded accuracy, latency and energy lines (those the payload has)."""
+    lines: list[str] = []
     if "test_accuracy" in payload:
         lines.append(f"test accuracy (recorded): {100 * payload['test_accuracy']:.2f}%")
     if "latency" in payload:
@@ -140,7 +153,24 @@ def render(payload: dict[str, Any]) -> str:
             f"energy estimate (45 nm): {e.get('total_nj', e.get('energy_nj', 0)):.3g} nJ "
             f"per inference{fit_text}"
         )
-    return "\n".join(lines)
+    return lines
+
+
+def _sparsity_lines(payload: dict[str, Any]) -> list[str]:
+    """Sparsity over every parameter and the compressible ones, then what is left dense."""
+    if "parameters" not in payload:
+        return []
+    every, comp = payload["parameters"], payload["compressible"]
+    lines = [
+        f"sparsity: {100 * every['sparsity']:.1f}% of all {every['params']:,} parameters, "
+        f"{100 * comp['sparsity']:.1f}% of the {comp['params']:,} in "
+        f"{comp['tensors']} compressible tensors"
+    ]
+    dense = payload.get("left_dense", [])
+    if dense:
+        lines.append(f"left dense ({len(dense)}):")
+        lines += [f"  {d['name']} ({d['params']:,}): {d['reason']}" for d in dense]
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

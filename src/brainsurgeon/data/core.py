@@ -13,16 +13,35 @@ from ..errors import DataError
 
 @dataclass
 class Dataset:
-    """Inputs ``x`` (N, C, H, W) float32, normalised, and labels ``y`` (N,) int64."""
+    """Inputs ``x`` (N, ...) and targets ``y`` (N, ...).
+
+    Classification: ``x`` (N, C, H, W) float32, normalised, and labels ``y`` (N,) int64.
+    Regression: float targets ``y`` (N,) or (N, D). Inputs may also be integer token ids
+    (N, T) for a model that starts with an ``nn.Embedding``.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
 
     def __post_init__(self) -> None:
+        if not isinstance(self.x, torch.Tensor) or not isinstance(self.y, torch.Tensor):
+            raise DataError(
+                f"a Dataset holds two tensors, got x: {type(self.x).__name__}, "
+                f"y: {type(self.y).__name__}; wrap arrays with torch.as_tensor"
+            )
+        if self.x.dim() == 0 or self.y.dim() == 0:
+            raise DataError("inputs and targets need a leading sample axis (N, ...)")
         if self.x.shape[0] != self.y.shape[0]:
             raise DataError(
                 f"inputs have {self.x.shape[0]} samples but labels have {self.y.shape[0]}"
             )
+        if self.y.is_floating_point() and not bool(torch.isfinite(self.y).all()):
+            raise DataError("the float targets contain NaN or infinite values; clean them first")
+
+    @property
+    def task(self) -> str:
+        """``"classification"`` for integer labels, ``"regression"`` for float targets."""
+        return "regression" if self.y.is_floating_point() else "classification"
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -86,14 +105,23 @@ DataLike = Dataset | DataBundle | tuple
 
 
 def as_dataset(data: DataLike, split: str = "train") -> Dataset:
-    """Accept a :class:`Dataset`, a :class:`DataBundle` (takes ``split``) or an ``(x, y)`` tuple."""
+    """Accept a :class:`Dataset`, a :class:`DataBundle` (takes ``split``) or an ``(x, y)`` tuple.
+
+    A tuple's tensors (or arrays) keep their integer dtypes (labels, token ids); float64
+    inputs or targets become float32, the dtype of the model's weights.
+    """
     if isinstance(data, Dataset):
         return data
     if isinstance(data, DataBundle):
         return data.split(split)
     if isinstance(data, tuple | list) and len(data) == 2:
-        x, y = data
-        return Dataset(torch.as_tensor(x), torch.as_tensor(y))
+        x, y = (_as_tensor(v) for v in data)
+        return Dataset(x, y)
     raise DataError(
         f"expected a Dataset, DataBundle or (x, y) tuple of tensors, got {type(data).__name__}"
     )
+
+
+def _as_tensor(value: Any) -> torch.Tensor:
+    tensor = torch.as_tensor(value)
+    return tensor.float() if tensor.dtype == torch.float64 else tensor

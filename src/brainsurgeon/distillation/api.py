@@ -17,7 +17,9 @@ from torch import nn
 from ..config import Config
 from ..data.core import DataBundle, Dataset
 from ..errors import ConfigError, DataError, check_positive_int
+from ..losses import LossLike, loss_name, resolve_loss, task_of
 from ..training import TrainConfig, fit
+from ..training.evaluation import task_loss
 from ..utils import resolve_device
 from .hints import check_layer, make_regressor, tap
 from .losses import LOSSES, hint_loss
@@ -115,17 +117,25 @@ def distill(
     *,
     device: str | torch.device = "auto",
     progress: bool = True,
+    loss: LossLike = None,
 ) -> DistillResult:
     """Train ``student`` (in place) to imitate ``teacher`` on ``config.transfer`` inputs.
 
-    Checks first (before any training) that the student takes the teacher's inputs and gives
-    outputs of the same shape, and that hint/guided layer names exist.
+    ``loss``: the task loss (a name such as ``"mse"``, a callable ``(output, target) ->
+    scalar``, or None: cross entropy for labels, mse for float targets). It is the hard-label
+    term weighted by ``1 - alpha`` and the validation loss reported each epoch;
+    ``config.loss`` is the distillation loss. A regression task distills with ``logit-mse``
+    only (softened class probabilities mean nothing for it). Checks first (before any
+    training) that the student takes the teacher's inputs and gives outputs of the same
+    shape, and that hint/guided layer names exist.
     """
     if not isinstance(data, DataBundle):
         raise DataError(
             f"distill needs a DataBundle (brainsurgeon.data.load_data(...)), got "
             f"{type(data).__name__}"
         )
+    loss = task_loss(loss, data.train)
+    _check_task(config, loss)
     device = resolve_device(device)
     teacher.to(device).eval()
     student.to(device)
@@ -139,13 +149,14 @@ def distill(
     hint_history = []
     if config.loss == "hint" and config.hint_epochs:
         hint_history = _hint_stage(teacher, student, config, transfer, index_set, device, progress)
-    loss_fn = _distill_loss(teacher, config, transfer)
+    loss_fn = _distill_loss(teacher, config, transfer, resolve_loss(loss))
     history = fit(
         student,
         index_set,
         config.train_config(),
         val=val,
         device=device,
+        loss=loss,
         loss_fn=loss_fn,
         progress=progress,
         desc="distill",
@@ -187,8 +198,19 @@ def _labels(transfer: TransferSet, idx, device):
     return None if transfer.y is None else transfer.y[idx.to(transfer.y.device)].to(device)
 
 
-def _distill_loss(teacher, config: DistillConfig, transfer: TransferSet):
-    """``loss_fn(student, x, idx)`` for :func:`fit` (the dataset's "labels" are row indices)."""
+def _check_task(config: DistillConfig, loss: LossLike) -> None:
+    """Refuse a softmax-based distillation loss for a regression task."""
+    if task_of(loss) == "regression" and config.loss != "logit-mse":
+        raise ConfigError(
+            f"distillation loss {config.loss!r} compares softened class probabilities, which "
+            f"a regression task ({loss_name(loss)}) does not have; use loss 'logit-mse' "
+            "(regress the teacher's outputs)"
+        )
+
+
+def _distill_loss(teacher, config: DistillConfig, transfer: TransferSet, hard):
+    """``loss_fn(student, x, idx)`` for :func:`fit` (the dataset's "labels" are row indices);
+    ``hard(output, target)`` is the task loss on the labels."""
     loss = LOSSES.get(config.loss)
     generator = torch.Generator().manual_seed(config.seed + 1)
 
@@ -200,6 +222,7 @@ def _distill_loss(teacher, config: DistillConfig, transfer: TransferSet):
             _labels(transfer, idx, x.device),
             temperature=config.temperature,
             alpha=config.alpha,
+            hard=hard,
         )
 
     return loss_fn

@@ -9,15 +9,21 @@
 * Romero et al. 2015, "FitNets": hint loss ``0.5 * ||u_h - r(v_g)||^2`` between the teacher's
   hint-layer output ``u_h`` and a learned regressor ``r`` of the student's guided-layer output.
 
-Without labels (``targets=None``) only the teacher term is used, whatever ``alpha``.
+Without labels (``targets=None``) only the teacher term is used, whatever ``alpha``. The hard
+term is cross entropy unless ``hard=`` gives the task's own loss ``(output, target) -> scalar``
+(e.g. mean squared error for a regression student distilled by ``logit-mse``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..registry import Registry
+
+HardLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 LOSSES: Registry = Registry("distillation loss")
 
@@ -36,10 +42,11 @@ def _mix(
     student_logits: torch.Tensor,
     targets: torch.Tensor | None,
     alpha: float,
+    hard_loss: HardLoss = F.cross_entropy,
 ) -> torch.Tensor:
     if targets is None or alpha == 1.0:
         return teacher_term
-    hard = F.cross_entropy(student_logits, targets)
+    hard = hard_loss(student_logits, targets)
     if alpha == 0.0:
         return hard
     return alpha * teacher_term + (1.0 - alpha) * hard
@@ -53,10 +60,11 @@ def kd_loss(
     *,
     temperature: float = 4.0,
     alpha: float = 0.9,
+    hard: HardLoss = F.cross_entropy,
 ) -> torch.Tensor:
     """``a * T^2 * KL(p_t(T) || p_s(T)) + (1 - a) * CE(z_s, y)``; logits (N, C), targets (N,)."""
     soft = soft_kl(student_logits, teacher_logits, temperature) * temperature**2
-    return _mix(soft, student_logits, targets, alpha)
+    return _mix(soft, student_logits, targets, alpha, hard)
 
 
 @LOSSES.register("logit-mse", "Ba & Caruana: a 0.5 ||z_s - z_t||^2 + (1 - a) CE")
@@ -67,10 +75,12 @@ def logit_mse_loss(
     *,
     temperature: float = 1.0,
     alpha: float = 1.0,
+    hard: HardLoss = F.cross_entropy,
 ) -> torch.Tensor:
-    """``a * mean_n 0.5 ||z_s - z_t||^2 + (1 - a) * CE(z_s, y)`` (``temperature`` unused)."""
-    reg = 0.5 * (student_logits - teacher_logits).pow(2).sum(dim=1).mean()
-    return _mix(reg, student_logits, targets, alpha)
+    """``a * mean_n 0.5 ||z_s - z_t||^2 + (1 - a) * hard(z_s, y)`` (``temperature`` unused)."""
+    diff = (student_logits - teacher_logits).reshape(student_logits.shape[0], -1)
+    reg = 0.5 * diff.pow(2).sum(dim=1).mean()
+    return _mix(reg, student_logits, targets, alpha, hard)
 
 
 def hint_loss(regressed: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 from ..data.augment import augment, shift_images
 from ..data.core import DataBundle
 from ..registry import Registry
+from ..utils import module_device, preserved_modes
 
 __all__ = [
     "TRANSFER_SETS",
@@ -66,12 +67,10 @@ def build_transfer_set(
 @torch.no_grad()
 def teacher_outputs(teacher: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """The teacher's logits on ``x`` in eval mode (dropout off), on ``x``'s device."""
-    device = next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
-    out = [
-        teacher(x[i : i + batch_size].to(device)).to(x.device)
-        for i in range(0, x.shape[0], batch_size)
-    ]
-    teacher.train(was_training)
+    device = module_device(teacher)
+    with preserved_modes(teacher, "eval"):
+        out = [
+            teacher(x[i : i + batch_size].to(device)).to(x.device)
+            for i in range(0, x.shape[0], batch_size)
+        ]
     return torch.cat(out)

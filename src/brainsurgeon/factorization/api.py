@@ -7,7 +7,14 @@ Four ways to choose the rank ``k`` of each layer (exactly one per config):
 * ``ratio``: the largest ``k`` whose rate ``m n / (k (m + n + 1))`` reaches ``ratio``;
 * ``budget``: keep ``budget`` of the selected layers' weights (counted as ``k (m + n + 1)`` per
   factored layer), reached greedily: each step lowers the rank of the layer whose next step
-  costs the least measured validation accuracy (then loss) per weight saved.
+  costs the least measured validation accuracy (then loss; the loss alone for a regression
+  or custom ``loss``) per weight saved.
+
+Candidates are the adapter's compressible layers (:mod:`brainsurgeon.models.adapters`) of a
+type with a low-rank form (Linear, Conv2d). A Linear whose parent reads its weight directly
+instead of calling it (``nn.MultiheadAttention.out_proj``; ``linear1`` / ``linear2`` of an
+``nn.TransformerEncoderLayer``, whose fused inference path reads them) cannot be replaced: it
+is left dense with that reason, and naming it in ``layers`` is an error.
 """
 
 from __future__ import annotations
@@ -16,13 +23,25 @@ import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..config import Config
 from ..data.core import DataLike, as_dataset
-from ..errors import ConfigError, check_fraction, check_positive_int
+from ..errors import ConfigError, UnsupportedLayerError, check_fraction, check_positive_int
+from ..losses import LossLike
+from ..models.adapters import compressible_layers, layer_kind
 from ..training import evaluate
-from .layers import factored_layer, handler, layer_matrix, replace_layer, set_submodule
+from ..utils import resolve_device
+from .layers import (
+    FACTORED,
+    factored_layer,
+    functional_children,
+    handler,
+    layer_matrix,
+    replace_layer,
+    set_submodule,
+)
 from .svd import (
     SVD,
     check_rank,
@@ -122,28 +141,59 @@ class FactorizeResult:
     config: FactorizeConfig
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def factorized(self) -> list[str]:
+        """Names of the layers replaced by factor pairs (empty: the model is unchanged)."""
+        return [p.name for p in self.layers if p.rank]
+
+    @property
+    def note(self) -> str:
+        """A sentence for the user when nothing was factorized, else ``""``."""
+        if self.factorized:
+            return ""
+        mode = self.config.mode
+        return (
+            f"nothing factorized: no layer shrinks with {mode}={getattr(self.config, mode)} "
+            "(each one needs a rank whose factors hold at least as many weights as the "
+            "layer); the model is unchanged. Lower --energy, or set --rank / --ratio"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         before = sum(p.weights_before for p in self.layers)
         after = sum(p.weights_after for p in self.layers)
-        return {
+        out = {
             "config": self.config.to_dict(),
             "layers": [p.to_dict() for p in self.layers],
+            "factorized": self.factorized,
             "weights_before": before,
             "weights_after": after,
             "weight_ratio": before / max(after, 1),
             **self.extra,
         }
+        if self.note:
+            out["note"] = self.note
+        return out
 
 
 def factorize(
-    model: nn.Module, config: FactorizeConfig, data: DataLike | None = None
+    model: nn.Module,
+    config: FactorizeConfig,
+    data: DataLike | None = None,
+    *,
+    loss: LossLike = None,
+    device: str | torch.device | None = None,
 ) -> FactorizeResult:
     """Replace layers of ``model`` (in place) by truncated-SVD factor pairs; see the module doc.
 
     Every rank is chosen and validated before the model is touched, so a bad option leaves
-    the model as it was. ``data`` (its validation split) is needed only for ``budget``.
+    the model as it was. ``data`` (its validation split) is needed only for ``budget``, which
+    measures it with ``loss`` (a name, a callable ``(output, target) -> scalar`` or None:
+    from the targets) on ``device`` (default: where the model is). With ``energy``, a model
+    in which no layer would shrink is left unchanged and ``result.note`` says so.
     """
-    plans, svds = plan(model, config, data)
+    if device is not None:
+        model.to(resolve_device(device))
+    plans, svds = plan(model, config, data, loss=loss)
     for p in plans:
         if p.rank:
             replace_layer(model, p.name, svds[p.name], p.rank)
@@ -151,16 +201,21 @@ def factorize(
 
 
 def plan(
-    model: nn.Module, config: FactorizeConfig, data: DataLike | None = None
+    model: nn.Module,
+    config: FactorizeConfig,
+    data: DataLike | None = None,
+    *,
+    loss: LossLike = None,
 ) -> tuple[list[LayerPlan], dict[str, SVD]]:
     """Per-layer ranks (nothing modified) and the SVD of each considered layer."""
-    layers = _select(model, config.layers)
+    layers, refused = _select(model, config.layers)
     svds = {name: SVD.of(layer_matrix(name, layer)) for name, layer in layers}
     plans = [
-        LayerPlan(name, _kind(layer), *layer_matrix(name, layer).shape) for name, layer in layers
+        LayerPlan(name, layer_kind(layer), *layer_matrix(name, layer).shape)
+        for name, layer in layers
     ]
     if config.mode == "budget":
-        ranks = _budget_ranks(model, plans, svds, config, data)
+        ranks = _budget_ranks(model, plans, svds, config, data, loss)
     else:
         ranks = {p.name: _rank(p, svds[p.name], config) for p in plans}
     for p in plans:
@@ -169,37 +224,54 @@ def plan(
             p.reason = rank
         else:
             p.rank, p.energy = rank, svds[p.name].energy(rank) if rank else 1.0
-    if not any(p.rank for p in plans):
+    if not plans:
+        raise ConfigError(
+            f"{type(model).__name__} has no layer that can be factorized; factorization "
+            f"replaces {', '.join(c.__name__ for c in FACTORED)} layers"
+            + (f" ({'; '.join(f'{n}: {r}' for n, r in refused.items())})" if refused else "")
+        )
+    if not any(p.rank for p in plans) and config.mode != "energy":
         reasons = "; ".join(f"{p.name}: {p.reason}" for p in plans)
         raise ConfigError(
             f"nothing to factorize with {config.mode}={getattr(config, config.mode)} ({reasons})"
         )
+    plans += [_refused_plan(model, name, reason) for name, reason in refused.items()]
     return plans, svds
 
 
-def _select(model: nn.Module, names: tuple[str, ...] | None) -> list[tuple[str, nn.Module]]:
-    supported = [
-        (n, m)
-        for n, m in model.named_modules()
-        if n and handler(m) is not None and ".parametrizations" not in f".{n}"
-    ]
+def _refused_plan(model: nn.Module, name: str, reason: str) -> LayerPlan:
+    layer = model.get_submodule(name)
+    return LayerPlan(name, layer_kind(layer), *layer.weight.shape, reason=f"left dense: {reason}")
+
+
+def _select(
+    model: nn.Module, names: tuple[str, ...] | None
+) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
+    """``(layers to consider, {layer: why it cannot be replaced})`` for ``names`` (None: all)."""
+    refused = functional_children(model)
+    try:
+        known = compressible_layers(model)
+    except UnsupportedLayerError:
+        known = []
+    supported = [(n, m) for n, m in known if n and handler(m) is not None]
     if names is None:
-        return supported
+        return [(n, m) for n, m in supported if n not in refused], {
+            n: r for n, r in refused.items() if any(n == s for s, _ in supported)
+        }
     valid = dict(model.named_modules())
     out = []
     for name in names:
         if name not in valid or not name:
+            choices = [n for n, _ in supported if n not in refused]
             raise ConfigError(
                 f"no layer named {name!r}; layers that can be factorized: "
-                f"{', '.join(n for n, _ in supported) or '(none)'}"
+                f"{', '.join(choices) or '(none)'}"
             )
+        if name in refused:
+            raise ConfigError(f"cannot factorize {name}: {refused[name]}; leave it out of --layers")
         layer_matrix(name, valid[name])  # raises UnsupportedLayerError for other types
         out.append((name, valid[name]))
-    return out
-
-
-def _kind(layer: nn.Module) -> str:
-    return type(layer).__name__.removeprefix("Parametrized")
+    return out, {}
 
 
 def _rank(p: LayerPlan, svd: SVD, config: FactorizeConfig) -> int | str:
@@ -244,7 +316,13 @@ def _cost(p: LayerPlan, rank: int) -> int:
     return rank * (p.m + p.n + 1) if rank else p.m * p.n
 
 
-def _budget_ranks(model, plans, svds, config, data) -> dict[str, int | str]:
+def _damage(base: dict[str, Any], ev: dict[str, Any], saved: int) -> tuple[float, ...]:
+    """Sort key of one step: accuracy lost (classification only), loss gained, per weight."""
+    lost = max(base.get("accuracy", 0.0) - ev.get("accuracy", 0.0), 0.0)
+    return lost / saved, max(ev["loss"] - base["loss"], 0.0) / saved, -saved
+
+
+def _budget_ranks(model, plans, svds, config, data, loss) -> dict[str, int | str]:
     """Greedy allocation: lower, step by step, the rank whose step hurts validation least."""
     if data is None:
         raise ConfigError(
@@ -263,7 +341,7 @@ def _budget_ranks(model, plans, svds, config, data) -> dict[str, int | str]:
     originals = dict(model.named_modules())
     work = copy.deepcopy(model)
     ranks = {p.name: 0 for p in plans}
-    base = evaluate(work, subset)
+    base = evaluate(work, subset, loss=loss)
     while sum(_cost(p, ranks[p.name]) for p in plans) > target:
         best = None
         for p in plans:
@@ -274,14 +352,10 @@ def _budget_ranks(model, plans, svds, config, data) -> dict[str, int | str]:
             current = work.get_submodule(p.name)
             trial = factored_layer(p.name, originals[p.name], svds[p.name], grid[step])
             set_submodule(work, p.name, trial)
-            ev = evaluate(work, subset)
+            ev = evaluate(work, subset, loss=loss)
             set_submodule(work, p.name, current)
             saved = _cost(p, k) - _cost(p, grid[step])
-            key = (
-                max(base["accuracy"] - ev["accuracy"], 0.0) / saved,
-                max(ev["loss"] - base["loss"], 0.0) / saved,
-                -saved,
-            )
+            key = _damage(base, ev, saved)
             if best is None or key < best[0]:
                 best = (key, p.name, grid[step], trial, ev)
         _, name, k, trial, base = best

@@ -99,6 +99,31 @@ FACTORED: dict[type[nn.Module], type[LowRankLinear] | type[LowRankConv2d]] = {
 }
 
 
+# Parents that read a child's weight directly instead of calling the child (so replacing the
+# child by a factor pair breaks the parent): nn.MultiheadAttention passes out_proj.weight to
+# F.multi_head_attention_forward; nn.TransformerEncoderLayer's fused inference path (eval,
+# batch_first) passes linear1/linear2 weights to torch._transformer_encoder_layer_fwd.
+FUNCTIONAL_CHILDREN: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.MultiheadAttention: ("out_proj",),
+    nn.TransformerEncoderLayer: ("linear1", "linear2"),
+}
+
+
+def functional_children(model: nn.Module) -> dict[str, str]:
+    """``{layer name: why it cannot be replaced}`` for children whose parent uses their weight
+    functionally (e.g. ``"encoder.layers.0.self_attn.out_proj"``)."""
+    out = {}
+    for name, module in model.named_modules():
+        for cls in type(module).__mro__:
+            for child in FUNCTIONAL_CHILDREN.get(cls, ()):
+                full = f"{name}.{child}" if name else child
+                out[full] = (
+                    f"its parent {cls.__name__} reads {child}.weight directly instead of "
+                    "calling the layer, so a factor pair cannot stand in for it"
+                )
+    return out
+
+
 def handler(layer: nn.Module) -> type[LowRankLinear] | type[LowRankConv2d] | None:
     """The low-rank class for ``layer``'s type, or None if it has none."""
     for cls in type(layer).__mro__:

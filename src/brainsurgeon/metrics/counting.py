@@ -2,8 +2,11 @@
 
 Counts use the *effective* tensors (masks and quantizers applied), so a pruned model shows its
 real nonzeros. FLOPs follow the usual convention ``FLOPs = 2 * MACs``; ``nonzero`` FLOPs count
-only multiply-adds with a nonzero weight (what a sparse kernel would execute). The dense total
-is cross-checked against ``torch.utils.flop_counter.FlopCounterMode``.
+only multiply-adds with a nonzero weight (what a sparse kernel would execute). MACs per layer
+type are the rules of :mod:`.ops` (Linear, Conv, LSTM/GRU, attention, embeddings), measured on
+one example input (:mod:`.inputs`: a tensor, integer token ids, a dict of tensors, data or a
+shape). The dense total is also reported by ``torch.utils.flop_counter.FlopCounterMode``
+(``flop_counter_flops``), which does not see every op (it counts 0 for an LSTM on CPU).
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..utils import module_device
+from ..models.adapters import layer_kind
+from ..utils import module_device, preserved_modes
+from .inputs import ExampleLike, call, example_input
+from .ops import count_ops
 
 
 @dataclass
@@ -32,6 +38,7 @@ class LayerStats:
     bits_per_weight: float
     macs: int = 0
     nonzero_macs: int = 0
+    lookups: int = 0
 
     @property
     def sparsity(self) -> float:
@@ -93,7 +100,7 @@ def count_layers(model: nn.Module) -> list[LayerStats]:
         rows.append(
             LayerStats(
                 name=name or "(model)",
-                kind=type(module).__name__,
+                kind=layer_kind(module),
                 shape=shape,
                 params=params,
                 nonzeros=nonzeros,
@@ -105,68 +112,40 @@ def count_layers(model: nn.Module) -> list[LayerStats]:
     return rows
 
 
-def _macs_hook(stats: dict[str, list[int]], name: str):
-    def hook(module: nn.Module, inputs, output) -> None:
-        weight = module.weight
-        nnz = int(torch.count_nonzero(weight))
-        if isinstance(module, nn.modules.conv._ConvNd):
-            positions = output[0, 0].numel()  # output spatial positions per sample
-            dense = positions * weight.numel()
-            sparse = positions * nnz
-        else:  # Linear-like: (..., in) -> (..., out)
-            rows = output[0].numel() // output.shape[-1] if output.dim() > 1 else 1
-            dense, sparse = rows * weight.numel(), rows * nnz
-        stats[name] = [dense, sparse]
+def count_macs(model: nn.Module, example: ExampleLike) -> dict[str, list[int]]:
+    """``{layer: [dense MACs, nonzero-weight MACs]}`` for one sample, by forward hooks.
 
-    return hook
+    ``example``: one input in the model's form, or a shape (see :mod:`.inputs`).
+    """
+    x = example_input(example, model, module_device(model))
+    return {name: [c.dense, c.nonzero] for name, c in count_ops(model, x).items()}
 
 
-@torch.no_grad()
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, list[int]]:
-    """``{layer: [dense MACs, nonzero-weight MACs]}`` for one sample, by forward hooks."""
-    stats: dict[str, list[int]] = {}
-    handles = []
-    for name, module in model.named_modules():
-        is_linear = isinstance(module, nn.Linear) or (
-            hasattr(module, "in_features") and hasattr(module, "out_features")
-        )
-        if (is_linear or isinstance(module, nn.modules.conv._ConvNd)) and hasattr(module, "weight"):
-            handles.append(module.register_forward_hook(_macs_hook(stats, name)))
-    was_training = model.training
-    model.eval()
-    try:
-        model(torch.zeros(1, *input_shape, device=module_device(model)))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return stats
-
-
-@torch.no_grad()
-def flop_counter_total(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+def flop_counter_total(model: nn.Module, example: ExampleLike) -> int:
     """Dense FLOPs of one sample according to ``torch.utils.flop_counter``."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    model.eval()
+    x = example_input(example, model, module_device(model))
     counter = FlopCounterMode(display=False)
-    with counter:
-        model(torch.zeros(1, *input_shape, device=module_device(model)))
-    model.train(was_training)
+    with preserved_modes(model, "eval"), torch.enable_grad(), counter:
+        call(model, x)
     return int(counter.get_total_flops())
 
 
-def summarize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+def summarize(model: nn.Module, example: ExampleLike | None = None) -> dict[str, Any]:
     """Per-layer rows and totals: params, nonzeros, sparsity, bytes, bits/weight, FLOPs.
 
-    ``input_shape`` (one sample, e.g. ``(1, 28, 28)``) enables FLOP counts.
+    ``example`` enables FLOP counts: one input as the model takes it (a float tensor, integer
+    token ids, a dict of tensors), data to take it from, or a shape such as ``(1, 28, 28)``.
     """
     rows = count_layers(model)
-    if input_shape is not None:
-        macs = count_macs(model, tuple(input_shape))
+    x = None if example is None else example_input(example, model, module_device(model))
+    if x is not None:
+        ops = count_ops(model, x)
         for row in rows:
-            row.macs, row.nonzero_macs = macs.get(row.name, [0, 0])
+            count = ops.get("" if row.name == "(model)" else row.name)
+            if count is not None:
+                row.macs, row.nonzero_macs, row.lookups = count.dense, count.nonzero, count.lookups
     params = sum(r.params for r in rows)
     totals: dict[str, Any] = {
         "params": params,
@@ -176,9 +155,10 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> d
         "stored_bytes": sum(r.stored_bytes for r in rows),
         "flops": 2 * sum(r.macs for r in rows),
         "nonzero_flops": 2 * sum(r.nonzero_macs for r in rows),
+        "lookups": sum(r.lookups for r in rows),
     }
     totals["bits_per_weight"] = 8 * totals["stored_bytes"] / max(params, 1)
     totals["compression_ratio"] = totals["dense_bytes"] / max(totals["stored_bytes"], 1)
-    if input_shape is not None:
-        totals["flop_counter_flops"] = flop_counter_total(model, tuple(input_shape))
+    if x is not None:
+        totals["flop_counter_flops"] = flop_counter_total(model, x)
     return {"layers": [r.to_dict() for r in rows], "totals": totals}

@@ -7,9 +7,12 @@ register file 1, int mult 3.1, float mult 3.7, 32-bit SRAM read 5, 32-bit DRAM r
 The estimate for one inference (batch of one) counts what compression changes:
 
 * compute: one multiply-accumulate per *nonzero* weight and output position
-  (``MACs = nnz * positions``; positions = 1 for Linear, ``H_out * W_out`` for Conv2d),
-  plus one add per bias output. Float arithmetic (3.7 + 0.9 pJ) for 32-bit weights,
-  integer arithmetic (3.1 + 0.1 pJ) once weights are quantized below 32 bits.
+  (``MACs = nnz * positions``; positions = 1 for Linear, ``H_out * W_out`` for Conv2d, time
+  steps for an LSTM/GRU; attention adds its ``QK^T`` and ``AV`` products; see
+  :mod:`.ops`), plus one add per bias output. Every layer type of the model adapter
+  (:func:`brainsurgeon.models.adapters.compressible_layers`) has a row. Float arithmetic
+  (3.7 + 0.9 pJ) for 32-bit weights, integer arithmetic (3.1 + 0.1 pJ) once weights are
+  quantized below 32 bits.
 * memory: the stored model is read once, in 32-bit words:
   ``E_mem = ceil(stored_bits / 32) * (5 pJ if it fits the SRAM budget else 640 pJ)``.
   With no budget the model is assumed to live in DRAM (the expensive case Han describes:
@@ -32,8 +35,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedLayerError
+from ..models.adapters import compressible_layers, layer_kind, layouts
 from ..state import parametrizations_of
+from ..utils import module_device
+from .inputs import ExampleLike, example_input
+from .ops import OpCount, count_ops
 
 PJ = {
     "int_add": 0.1,
@@ -45,7 +52,6 @@ PJ = {
     "dram_read": 640.0,
 }
 INDEX_BITS = {"linear": 5, "conv": 8}  # Deep Compression: 5-bit gaps for fc, 8-bit for conv
-_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _UNITS = {
     "": 1,
     "b": 1,
@@ -94,12 +100,15 @@ def stored_bits(mask: torch.Tensor, bits: float, index_bits: int) -> tuple[int, 
 
 def energy_report(
     model: nn.Module,
-    input_shape: tuple[int, ...],
+    example: ExampleLike,
     *,
     bits_per_weight: BitsLike = None,
     sram_bytes: int | str | None = None,
 ) -> dict[str, Any]:
-    """Estimated energy per inference and stored size of ``model`` on one ``input_shape`` sample.
+    """Estimated energy per inference and stored size of ``model`` on one ``example`` sample.
+
+    ``example``: one input as the model takes it, data to take it from, or a shape such as
+    ``(1, 28, 28)`` (see :mod:`brainsurgeon.metrics.inputs`).
 
     ``bits_per_weight``: one number, ``{"fc1": 5, ...}`` per layer, or None to read it from
     quantization parametrizations (``storage()["bits_per_weight"]``; 32 when absent).
@@ -108,11 +117,10 @@ def energy_report(
     shortcuts: ``energy_nj``, ``fits_sram`` (None without a budget), ``encoded_bytes``.
     """
     budget = None if sram_bytes is None else parse_size(sram_bytes)
-    positions = _output_positions(model, input_shape)
+    ops = count_ops(model, example_input(example, model, module_device(model)))
     layers = [
-        _layer_row(name, module, positions[name], _bits_for(name, module, bits_per_weight))
-        for name, module in model.named_modules()
-        if name in positions
+        _layer_row(name, module, ops.get(name, OpCount()), _bits_for(name, module, bits_per_weight))
+        for name, module in _layers(model)
     ]
     other_bytes = _other_param_bytes(model)
     total_bytes = sum(r["stored_bytes"] for r in layers) + other_bytes
@@ -120,13 +128,9 @@ def energy_report(
     compute = sum(r["compute_pj"] for r in layers)
     fits = budget is not None and total_bytes <= budget
     words = math.ceil(total_bytes * 8 / 32)
-    dense_words = math.ceil(dense_bytes * 8 / 32)
     mem_sram, mem_dram = words * PJ["sram_read"], words * PJ["dram_read"]
     memory = mem_sram if fits else mem_dram
-    dense_fits = budget is not None and dense_bytes <= budget
-    dense_pj = sum(r["dense_fp32_compute_pj"] for r in layers) + dense_words * (
-        PJ["sram_read"] if dense_fits else PJ["dram_read"]
-    )
+    dense_fits, dense_pj = _dense_baseline(layers, dense_bytes, budget)
     total = compute + memory
     return {
         "energy_nj": total * 1e-3,
@@ -153,34 +157,61 @@ def energy_report(
     }
 
 
-def _layer_row(name: str, module: nn.Module, positions: int, bits: float) -> dict[str, Any]:
-    weight = module.weight.detach()
-    mask = weight != 0
-    nnz = int(mask.sum())
-    kind = "linear" if isinstance(module, nn.Linear) else "conv"
-    w_bits, fmt = stored_bits(mask, bits, INDEX_BITS[kind])
-    n_bias = module.bias.numel() if getattr(module, "bias", None) is not None else 0
-    macs = nnz * positions
+def _dense_baseline(layers: list[dict[str, Any]], dense_bytes: int, budget: int | None):
+    """``(fits the budget, energy pJ)`` of the dense float32 model: every MAC, every word."""
+    fits = budget is not None and dense_bytes <= budget
+    words = math.ceil(dense_bytes * 8 / 32)
+    read = PJ["sram_read"] if fits else PJ["dram_read"]
+    return fits, sum(r["dense_fp32_compute_pj"] for r in layers) + words * read
+
+
+def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    try:
+        return compressible_layers(model)
+    except UnsupportedLayerError:
+        return []
+
+
+def _weights_and_biases(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The layer's effective weight tensors and its bias vectors (adapter layouts)."""
+    weights, biases = [], []
+    for t in layouts(module):
+        tensor = getattr(module, t.tensor, None)
+        if tensor is not None:
+            (biases if t.bias else weights).append(tensor.detach())
+    return weights, biases
+
+
+def _layer_row(name: str, module: nn.Module, ops: OpCount, bits: float) -> dict[str, Any]:
+    weights, biases = _weights_and_biases(module)
+    n_weights = sum(w.numel() for w in weights)
+    nnz = sum(int(torch.count_nonzero(w)) for w in weights)
+    kind = "conv" if isinstance(module, nn.modules.conv._ConvNd) else "linear"
+    stored = [stored_bits(w != 0, bits, INDEX_BITS[kind]) for w in weights]
+    w_bits = sum(b for b, _ in stored)
+    fmt = "sparse" if stored and all(f == "sparse" for _, f in stored) else "dense"
+    n_bias = sum(b.numel() for b in biases)
+    positions = max(ops.positions, 1)
     bias_adds = n_bias * positions
     quantized = bits < 32
     mac_pj = (PJ["int_mult"] + PJ["int_add"]) if quantized else (PJ["float_mult"] + PJ["float_add"])
     add_pj = PJ["int_add"] if quantized else PJ["float_add"]
-    fp32_pj = (PJ["float_mult"] + PJ["float_add"]) * weight.numel() * positions
+    fp32_pj = (PJ["float_mult"] + PJ["float_add"]) * ops.dense
     return {
         "name": name,
-        "type": type(module).__name__,
-        "params": weight.numel() + n_bias,
-        "weights": weight.numel(),
+        "type": layer_kind(module),
+        "params": n_weights + n_bias,
+        "weights": n_weights,
         "nonzeros": nnz,
-        "sparsity": 1.0 - nnz / max(weight.numel(), 1),
+        "sparsity": 1.0 - nnz / max(n_weights, 1),
         "bits_per_weight": float(bits),
         "format": fmt,
         "positions": positions,
-        "macs": macs,
-        "flops": 2 * macs + bias_adds,
+        "macs": ops.nonzero,
+        "flops": 2 * ops.nonzero + bias_adds,
         "stored_bytes": math.ceil(w_bits / 8) + 4 * n_bias,
-        "dense_fp32_bytes": 4 * (weight.numel() + n_bias),
-        "compute_pj": macs * mac_pj + bias_adds * add_pj,
+        "dense_fp32_bytes": 4 * (n_weights + n_bias),
+        "compute_pj": ops.nonzero * mac_pj + bias_adds * add_pj,
         "dense_fp32_compute_pj": fp32_pj + bias_adds * PJ["float_add"],
     }
 
@@ -194,49 +225,19 @@ def _bits_for(name: str, module: nn.Module, bits: BitsLike) -> float:
         if not 0 < float(bits) <= 32:
             raise ConfigError(f"bits_per_weight must lie in (0, 32], got {bits}")
         return float(bits)
-    for p in parametrizations_of(module, "weight"):
-        storage = getattr(p, "storage", None)
-        if callable(storage):
-            info = storage()
-            if isinstance(info, dict) and info.get("bits_per_weight") is not None:
-                return float(info["bits_per_weight"])
+    for tensor in [t.tensor for t in layouts(module) if not t.bias]:
+        for p in parametrizations_of(module, tensor):
+            storage = getattr(p, "storage", None)
+            if callable(storage):
+                info = storage()
+                if isinstance(info, dict) and info.get("bits_per_weight") is not None:
+                    return float(info["bits_per_weight"])
     return 32.0
 
 
-@torch.no_grad()
-def _output_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """Output positions per Linear/Conv layer (1 for Linear, prod of spatial dims for Conv)."""
-    found: dict[str, int] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, _LAYERS):
-
-            def hook(mod, inp, out, name=name):
-                spatial = (
-                    out.shape[2:]
-                    if isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-                    else out.shape[1:-1]
-                )
-                found[name] = max(math.prod(spatial), 1)
-
-            hooks.append(module.register_forward_hook(hook))
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    try:
-        model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return found
-
-
 def _other_param_bytes(model: nn.Module) -> int:
-    """float32 bytes of parameters outside Linear/Conv layers (BatchNorm, embeddings, ...)."""
+    """float32 bytes of parameters outside the compressible layers' tensors (BatchNorm, ...)."""
     counted = set()
-    for m in model.modules():
-        if isinstance(m, _LAYERS):
-            counted.update(id(t) for t in m.parameters())
+    for _, module in _layers(model):
+        counted.update(id(t) for t in module.parameters())
     return 4 * sum(p.numel() for p in model.parameters() if id(p) not in counted)

@@ -19,6 +19,7 @@ from typing import Any
 from .._io import write_text
 from ..errors import RunDirError
 from ..runs import CONFIG_FILE, Run, load_run
+from ..training import describe, headline
 
 REPORT_FILE = "report.html"
 SUMMARY_FILES = ("summary.md", "findings.md")
@@ -149,17 +150,21 @@ def _experiment_run(folder: Path) -> Path | None:
 
 
 def _run_sections(run: Run, before: Run | None, *, sram, latency: bool) -> str:
-    from ..metrics import measure_latency, summarize
+    from ..metrics import example_input, measure_latency, summarize
     from ..metrics.energy import energy_report
     from ..training import evaluate
+    from ..training.evaluation import recorded_loss
 
     shape = tuple(run.config["model"]["input_shape"])
-    summary = summarize(run.model, shape)
-    energy = energy_report(run.model, shape, sram_bytes=sram)
+    example = example_input(shape, run.model)  # token ids for an embedding model
+    summary = summarize(run.model, example)
+    energy = energy_report(run.model, example, sram_bytes=sram)
     data = run.data(progress=False) if "data" in run.config else None
-    after = evaluate(run.model, data) if data is not None else None
+    loss = recorded_loss(run.config)
+    after = evaluate(run.model, data, loss=loss) if data is not None else None
     before = before if before is not None else _parent(run)
-    prior = evaluate(before.model, data) if (before is not None and data is not None) else None
+    has_prior = before is not None and data is not None
+    prior = evaluate(before.model, data, loss=loss) if has_prior else None
     lat = measure_latency(run.model, shape, min_run_time=0.1) if latency else None
     parts = [
         _overview(run, summary["totals"], after, prior, lat, energy),
@@ -173,14 +178,12 @@ def _run_sections(run: Run, before: Run | None, *, sram, latency: bool) -> str:
 
 def _model_plots(model, summary: dict[str, Any]) -> str:
     """Per-layer kept fraction and bits, and the nonzero-weight histograms, as embedded PNGs."""
-    from torch import nn
-
+    from ..training.loop import weight_targets
     from .plots import layer_overview_png, weight_histogram_png
 
-    weights = {
-        name: m.weight.detach().cpu().flatten().numpy()
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear | nn.Conv2d) and ".parametrizations" not in f".{name}"
+    weights = {  # every compressible weight the adapter knows, "fc1" for "fc1.weight"
+        name.removesuffix(".weight"): getattr(m, t).detach().cpu().flatten().numpy()
+        for name, (m, t) in weight_targets(model).items()
     }
     images = [("per-layer kept weights and bits", layer_overview_png(summary["layers"]))]
     if weights:
@@ -227,10 +230,11 @@ def _overview(run, totals, after, prior, lat, energy) -> str:
         ),
         ("FLOPs / sample", f"{totals['flops']:,} dense, {totals['nonzero_flops']:,} nonzero"),
     ]
+    metric = headline(after or prior)[0] if (after or prior) else "accuracy"
     if prior is not None:
-        rows.append(("test accuracy before", _acc(prior)))
+        rows.append((f"test {metric} before", _acc(prior)))
     if after is not None:
-        rows.append(("test accuracy" + (" after" if prior is not None else ""), _acc(after)))
+        rows.append((f"test {metric}" + (" after" if prior is not None else ""), _acc(after)))
     if lat is not None:
         rows.append(
             (
@@ -251,6 +255,8 @@ def _overview(run, totals, after, prior, lat, energy) -> str:
 
 
 def _acc(ev: dict[str, Any]) -> str:
+    if "accuracy" not in ev:  # regression or a custom loss
+        return f"{describe(ev)} ({ev['samples']} samples)"
     return f"{100 * ev['accuracy']:.2f}% ({ev['errors']} errors of {ev['samples']})"
 
 

@@ -20,13 +20,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.augment import augment
-from ..data.core import DataBundle, DataLike, Dataset, as_dataset
-from ..errors import NumericalError
+from ..data.core import DataBundle, DataLike, as_dataset
+from ..errors import ConfigError, NumericalError, UnsupportedLayerError
+from ..losses import LossLike, resolve_loss
+from ..models.adapters import Targets, compressible, layout_of
 from ..state import original
 from ..utils import module_device, resolve_device
 from .config import TrainConfig
+from .evaluation import evaluate, score, task_loss
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+ModelLossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = ModelLossFn  # the hook's type: ``loss_fn(model, x, y) -> scalar`` (distillation)
 Penalty = Callable[[nn.Module], torch.Tensor]
 
 
@@ -34,34 +38,70 @@ def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
     return F.cross_entropy(model(x), y)
 
 
+def model_loss(loss: LossLike = None) -> ModelLossFn:
+    """``loss_fn(model, x, y) = loss(model(x), y)`` for a task loss (name, callable or None).
+
+    A loss that returns more than one number (e.g. ``reduction="none"``) is refused.
+    """
+    fn = resolve_loss(loss)
+
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        value = fn(model(x), y)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ConfigError(
+                f"the loss returned {shape} on a training batch; a loss must return one "
+                "scalar tensor (the batch mean), e.g. reduce it with .mean()"
+            )
+        return value.reshape(())
+
+    return loss_fn
+
+
+def weight_targets(model: nn.Module) -> Targets:
+    """``{name: (module, tensor)}``: the adapter's compressible weights (no biases), or {}."""
+    try:
+        return compressible(model)
+    except UnsupportedLayerError:
+        return {}
+
+
 def weight_layers(model: nn.Module) -> list[nn.Module]:
-    """The Linear/Conv layers of ``model``, whose weights penalties and norm caps act on."""
-    return [
-        m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)
-    ]
+    """The modules owning :func:`weight_targets` (each once, in model order)."""
+    return list({id(m): m for m, _ in weight_targets(model).values()}.values())
 
 
 def weight_tensors(model: nn.Module) -> list[torch.Tensor]:
-    """Effective weight tensors (after parametrizations) of Linear/Conv layers."""
-    return [m.weight for m in weight_layers(model)]
+    """Effective weight tensors (after parametrizations) of the compressible layers."""
+    return [getattr(m, t) for m, t in weight_targets(model).values()]
 
 
 @torch.no_grad()
 def clip_unit_norms(model: nn.Module, max_norm: float) -> None:
-    """Rescale each unit's incoming weights ``w_i`` (dim 0 of every Linear/Conv weight, under any
-    parametrization) so that ``||w_i||_2 <= max_norm``: ``w_i <- w_i * min(1, c / ||w_i||)``."""
-    for m in weight_layers(model):
-        w = original(m)
+    """Rescale each unit's incoming weights ``w_i`` so that ``||w_i||_2 <= max_norm``:
+    ``w_i <- w_i * min(1, c / ||w_i||)``, under any parametrization.
+
+    Units are the slices along output axis 0 of every compressible weight whose layout has
+    its outputs on axis 0 and an input axis (rows of a Linear or LSTM weight, output filters of
+    a conv); an Embedding or a transposed conv (outputs on axis 1) is left alone.
+    """
+    for module, tensor in weight_targets(model).values():
+        layout = layout_of(module, tensor)
+        if layout.out_axis != 0 or layout.in_axis is None:
+            continue
+        w = original(module, tensor)
         norms = w.flatten(1).norm(dim=1).clamp_min(1e-12)
         scale = (max_norm / norms).clamp(max=1.0)
         w.mul_(scale.view(-1, *([1] * (w.dim() - 1))))
 
 
 def lp_penalty(l1: float = 0.0, l2: float = 0.0) -> Penalty:
-    """``l1 * sum|w| + l2 * sum w^2`` over layer weights."""
+    """``l1 * sum|w| + l2 * sum w^2`` over the compressible weights (no biases)."""
 
     def penalty(model: nn.Module) -> torch.Tensor:
         ws = weight_tensors(model)
+        if not ws:
+            return torch.zeros((), device=module_device(model))
         total = ws[0].new_zeros(())
         for w in ws:
             if l1:
@@ -94,39 +134,15 @@ def lr_factor(config: TrainConfig, epoch: int) -> float:
     return 1.0
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: DataLike,
-    *,
-    split: str = "test",
-    batch_size: int = 1024,
-    device: str | torch.device | None = None,
-) -> dict[str, float]:
-    """Accuracy, mean cross-entropy loss and error count on a split of ``data``."""
-    dataset = as_dataset(data, split)
-    device = module_device(model) if device is None else resolve_device(device)
-    was_training = model.training
-    model.eval()
-    correct, loss_sum, n = 0, 0.0, 0
-    for x, y in dataset.batches(batch_size, device=device):
-        out = model(x)
-        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
-        n += y.numel()
-    model.train(was_training)
-    n = max(n, 1)
-    return {"accuracy": correct / n, "loss": loss_sum / n, "errors": n - correct, "samples": n}
-
-
 def fit(
     model: nn.Module,
     data: DataLike,
     config: TrainConfig | None = None,
     *,
-    val: Dataset | None = None,
+    val: DataLike | None = None,
     device: str | torch.device = "auto",
-    loss_fn: LossFn | None = None,
+    loss: LossLike = None,
+    loss_fn: ModelLossFn | None = None,
     penalties: list[Penalty] | None = None,
     params: list[torch.nn.Parameter] | None = None,
     progress: bool = True,
@@ -135,64 +151,93 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place; return one metrics dict per epoch.
 
-    ``data``: a :class:`DataBundle` (train split used, val split for early stopping) or a
-    :class:`Dataset`. ``loss_fn(model, x, y)`` replaces cross entropy (distillation);
-    ``penalties`` are added to the loss; ``params`` restricts what is optimised;
-    ``on_epoch(record)`` is called after every epoch (progress lines, checkpoints).
+    ``data``: a :class:`DataBundle` (train split used, val split for early stopping), a
+    :class:`Dataset` or an ``(x, y)`` tuple of tensors (float targets for regression).
+    ``loss``: the task loss optimised and reported on ``val`` (a name such as ``"mse"``, a
+    callable ``(output, target) -> scalar``, or None: cross entropy for integer labels, mse
+    for float targets). ``loss_fn(model, x, y)`` replaces the training objective altogether
+    (distillation); ``val`` is still measured with ``loss``. ``penalties`` are added to the
+    loss; ``params`` restricts what is optimised; ``on_epoch(record)`` is called after every
+    epoch. Early stopping (``patience``) keeps the epoch with the best validation accuracy
+    (classification) or the lowest validation loss (other tasks).
     """
     config = config or TrainConfig()
     device = resolve_device(device)
     train_set = as_dataset(data, "train")
     if val is None and isinstance(data, DataBundle):
         val = data.val
+    val = None if val is None else as_dataset(val, "val")
+    if (config.shift or config.noise) and not train_set.x.is_floating_point():
+        raise ConfigError(
+            f"shift / noise jitter images, but these inputs are {train_set.x.dtype} (token "
+            "ids?); set shift=0 and noise=0 for this data"
+        )
+    loss = task_loss(loss, train_set)
+    objective = loss_fn or model_loss(loss)
     model.to(device)
-    loss_fn = loss_fn or cross_entropy_loss
     penalties = list(penalties or [])
     if config.l1 or config.l2:
         penalties.append(lp_penalty(config.l1, config.l2))
     opt = make_optimizer(params if params is not None else model.parameters(), config)
     gen = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
-    best = (-1.0, None)
-    stale = 0
+    best = _Best(config.patience)
     for epoch in range(config.epochs):
         for group in opt.param_groups:
             group["lr"] = config.lr * lr_factor(config, epoch)
+        step = (opt, objective, penalties, gen, device)
         record = _epoch(
-            model,
-            train_set,
-            opt,
-            loss_fn,
-            penalties,
-            config,
-            gen,
-            device,
-            progress,
-            f"{desc} {epoch + 1}/{config.epochs}",
+            model, train_set, step, config, progress, f"{desc} {epoch + 1}/{config.epochs}"
         )
-        record["epoch"] = epoch + 1
-        record["lr"] = opt.param_groups[0]["lr"]
-        if val is not None and len(val):
-            ev = evaluate(model, val, device=device)
-            record["val_accuracy"], record["val_loss"] = ev["accuracy"], ev["loss"]
+        record["epoch"], record["lr"] = epoch + 1, opt.param_groups[0]["lr"]
+        measured = _validate(model, val, loss, device, record)
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if config.patience and val is not None:
-            if record["val_accuracy"] > best[0]:
-                best, stale = (record["val_accuracy"], copy.deepcopy(model.state_dict())), 0
-            else:
-                stale += 1
-                if stale >= config.patience:
-                    record["early_stopped"] = True
-                    break
-    if config.patience and best[1] is not None:
-        model.load_state_dict(best[1])
+        if best.stop(model, measured):
+            record["early_stopped"] = True
+            break
+    best.restore(model)
     model.eval()
     return history
 
 
-def _epoch(model, dataset, opt, loss_fn, penalties, config, gen, device, progress, desc):
+class _Best:
+    """Early stopping: the best-scoring weights so far and the epochs since they improved."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience, self.score, self.state, self.stale = patience, -math.inf, None, 0
+
+    def stop(self, model: nn.Module, measured: float | None) -> bool:
+        """Record this epoch's score; True once ``patience`` epochs passed without a gain."""
+        if not self.patience or measured is None:
+            return False
+        if measured > self.score:
+            self.score, self.state, self.stale = measured, copy.deepcopy(model.state_dict()), 0
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        if self.patience and self.state is not None:
+            model.load_state_dict(self.state)
+
+
+def _validate(model, val, loss, device, record: dict[str, Any]) -> float | None:
+    """Add ``val_accuracy`` (classification), ``val_loss`` (and ``val_mse``) to ``record``;
+    return the score early stopping maximises (None without validation data)."""
+    if val is None or not len(val):
+        return None
+    ev = evaluate(model, val, device=device, loss=loss)
+    for key in ("accuracy", "loss", "mse", "mae"):
+        if key in ev:
+            record[f"val_{key}"] = ev[key]
+    return score(ev)
+
+
+def _epoch(model, dataset, step, config, progress, desc):
+    """One pass over ``dataset``; ``step = (optimizer, loss_fn, penalties, generator, device)``."""
+    opt, loss_fn, penalties, gen, device = step
     model.train()
     start = time.perf_counter()
     total_loss, seen = 0.0, 0
@@ -216,8 +261,8 @@ def _epoch(model, dataset, opt, loss_fn, penalties, config, gen, device, progres
         opt.step()
         if config.max_norm:
             clip_unit_norms(model, config.max_norm)
-        total_loss += loss.item() * y.numel()
-        seen += y.numel()
+        total_loss += loss.item() * y.shape[0]
+        seen += y.shape[0]
         bar.update(1)
         if bar.n % 20 == 0:
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
