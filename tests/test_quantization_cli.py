@@ -63,7 +63,7 @@ def test_quantize_writes_a_loadable_run(trained_run, tmp_path):
     run = load_run(out)
     assert isinstance(run.model.fc1.parametrizations.weight[0], KMeansQuant)
     q = run.config["compression"]["quantization"]
-    assert q["config"]["method"] == "kmeans" and q["bits"]["fc3"] == 3
+    assert q["config"]["method"] == "kmeans" and q["bits"]["fc3.weight"] == 3
     assert run.config["history"][-1]["step"] == "quantize"
     assert run.config["history"][-1]["parent"] == str(trained_run)
     acc = evaluate(run.model, run.data(progress=False))["accuracy"]
