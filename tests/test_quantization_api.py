@@ -26,6 +26,7 @@ from brainsurgeon.quantization import (
     quantize,
 )
 from brainsurgeon.quantization.registry import HANDLERS, handler_for
+from brainsurgeon.runs import load_run
 from brainsurgeon.state import parametrizations_of
 
 
@@ -214,3 +215,23 @@ def test_quantization_module_graph_has_no_cycle():
 
     for name in graph:
         visit(name, [])
+
+
+OLD_RUNS = Path(__file__).parent / "data" / "quantization_v0_runs"
+
+
+@pytest.mark.parametrize("method", sorted(QUANTIZERS.names()))
+def test_runs_written_with_the_one_config_for_all_still_load(method):
+    """Run directories written by brainsurgeon 0.1 (``QuantConfig``): same outputs, and their
+    ``compression.quantization.config`` record reads as the method's own config."""
+    run = load_run(OLD_RUNS / method)
+    x = torch.tensor(run.metrics["input"])
+    with torch.no_grad():
+        assert torch.allclose(run.model(x), torch.tensor(run.metrics["output"]), atol=1e-6)
+    record = run.config["compression"]["quantization"]["config"]
+    assert record["type"] == "QuantConfig"
+    config = config_from_dict(record)
+    assert type(config) is QUANTIZERS.get(method).config
+    assert config.bits == record["bits"]
+    with pytest.raises(ConfigError, match="already quantized"):
+        quantize(run.model, config)
