@@ -55,8 +55,8 @@ def _quantize(model, config, data):
         return quantize(model, config, data)
 
 
-def _untouched(model: torch.nn.Module) -> bool:
-    return not any(parametrizations_of(m, t) for m, t in compressible(model).values())
+def _untouched(model: torch.nn.Module, **kw) -> bool:
+    return not any(parametrizations_of(m, t) for m, t in compressible(model, **kw).values())
 
 
 def test_every_registered_method_is_covered():
@@ -164,3 +164,24 @@ def test_int8_execution_names_the_tensors_left_in_float():
     with torch.no_grad():
         assert torch.allclose(q(data.x[:8]), model(data.x[:8]), atol=0.1)
     assert "DynamicQuantizedLinear" in str(q.head) and "DynamicQuantized" not in str(q.encoder)
+
+
+@pytest.mark.parametrize("method", sorted(OPTIONS))
+def test_include_bias_quantizes_biases_or_refuses_naming_them(method):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+    data = Dataset(torch.randn(32, 8), torch.randint(0, 8, (32,)))
+    targets = compressible(model, include_bias=True)
+    assert "0.bias" in targets
+    config = quant_config(method, **{**OPTIONS[method], "include_bias": True})
+    if method in ("product", "residual"):  # a bias has one input column: no sub-vectors
+        with pytest.raises(ConfigError, match="does not divide the 1 input columns of 0.bias"):
+            _quantize(model, config, data)
+        assert _untouched(model, include_bias=True)
+        return
+    result = _quantize(model, config, data)
+    assert set(result.bits) == set(targets)
+    bias = [p for p in parametrizations_of(model[0], "bias") if isinstance(p, QuantParametrization)]
+    assert len(bias) == 1
+    scales = [getattr(bias[0], n) for n in ("scale", "alpha") if hasattr(bias[0], n)]
+    assert all(s.numel() == 1 for s in scales)  # one scale per bias vector, not per entry

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..data.core import DataLike
 from ..errors import ConfigError
-from ..losses import LossLike, checked, resolve_loss
+from ..losses import LossFn, LossLike, checked, resolve_loss
 from ..models.adapters import compressible
 from ..pruning.masks import find_mask
 from ..state import parametrizations_of
@@ -93,8 +93,17 @@ def quantize(
     return QuantResult(model, config, bits, report(model), history, notes)
 
 
-def _finetune(model, config: QuantBase, data, loss_fn, device, progress, callback) -> list:
-    """Fine-tune the quantized model on ``loss_fn`` (codebooks or STE float weights)."""
+def _finetune(
+    model: nn.Module,
+    config: QuantBase,
+    data: DataLike | None,
+    loss_fn: LossFn,
+    device: torch.device,
+    progress: bool,
+    callback: Callable[[dict[str, Any]], None] | None,
+) -> list[dict[str, Any]]:
+    """Fine-tune the quantized model on ``loss_fn``: codebooks (their gradient sums over the
+    weights sharing an entry) or, through the straight-through estimator, the float weights."""
     if not config.finetune_epochs:
         return []
 
@@ -124,7 +133,9 @@ def plan(
     Tensors come from the adapter's table (``compressible(model, layers=, exclude=)``).
     """
     quantizer = quantizer or handler_for(config)
-    targets = compressible(model, layers=config.layers, exclude=config.exclude)
+    targets = compressible(
+        model, include_bias=config.include_bias, layers=config.layers, exclude=config.exclude
+    )
     _check_keys(config, targets)
     layers = []
     for name, (module, tensor) in targets.items():

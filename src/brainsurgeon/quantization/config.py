@@ -3,7 +3,7 @@
 Each method has its own frozen config (``methods/<name>.py``) deriving from :class:`QuantBase`
 through the groups it needs, so every default is written once::
 
-    QuantBase        bits, per_layer_bits, layers, exclude, finetune_*, batch_size, seed
+    QuantBase        bits, per_layer_bits, layers, exclude, include_bias, finetune_*, ...
       ScaleOptions   + granularity                         binary, ternary
         GridOptions  + symmetric, range, percentile        uniform, gptq
       ClusterOptions + max_iter                            kmeans
@@ -73,6 +73,7 @@ class QuantBase(Config):
     ``{"fc": 5, "conv": 8}`` overrides, by tensor or layer name, prefix or glob (the longest
     key wins). ``layers`` / ``exclude``: glob patterns on layer or tensor names choosing the
     tensors from the adapter's table (:func:`brainsurgeon.models.adapters.compressible`).
+    ``include_bias``: biases too (one scale per bias vector, never per entry).
     ``finetune_epochs`` > 0 fine-tunes after quantizing (codebooks of codebook methods, the
     float weights through a straight-through estimator for the others) with SGD at
     ``finetune_lr`` (None: the method's ``FINETUNE_LR``), ``batch_size``, ``seed``.
@@ -87,6 +88,7 @@ class QuantBase(Config):
     per_layer_bits: dict[str, int] = field(default_factory=dict)
     layers: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    include_bias: bool = False
     finetune_epochs: int = 0
     finetune_lr: float | None = None
     batch_size: int = 64
