@@ -173,7 +173,8 @@ def test_include_bias_quantizes_biases_or_refuses_naming_them(method):
     data = Dataset(torch.randn(32, 8), torch.randint(0, 8, (32,)))
     targets = compressible(model, include_bias=True)
     assert "0.bias" in targets
-    config = quant_config(method, **{**OPTIONS[method], "include_bias": True})
+    options = {k: v for k, v in OPTIONS[method].items() if k != "per_layer_bits"}  # no head
+    config = quant_config(method, **options, include_bias=True)
     if method in ("product", "residual"):  # a bias has one input column: no sub-vectors
         with pytest.raises(ConfigError, match="does not divide the 1 input columns of 0.bias"):
             _quantize(model, config, data)
