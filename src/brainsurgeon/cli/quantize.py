@@ -14,6 +14,9 @@ from typing import Any
 
 from .common import add_common, emit, parse_kv_list, say, table
 
+if typing.TYPE_CHECKING:
+    from ..quantization import QuantBase
+
 EPILOG = """\
 examples:
   brainsurgeon quantize runs/lenet --method kmeans --bits 5 --out runs/lenet-k5
@@ -41,6 +44,7 @@ HELP = {
     "per_layer_bits": "per-tensor bits by layer or tensor name, prefix or glob, e.g. fc=5,conv=8",
     "layers": "quantize only these layers/tensors (comma-separated globs, e.g. 'encoder.*')",
     "exclude": "layers/tensors left in float (comma-separated globs), e.g. fc3",
+    "include_bias": "quantize the biases too (one scale per bias vector)",
     "finetune_epochs": "fine-tune after quantizing (centroids or QAT)",
     "finetune_lr": "fine-tune learning rate (default: the method's; 1e-4 kmeans/residual, "
     "1e-3 product, 1e-2 uniform/binary/ternary/gptq)",
@@ -134,7 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=list_quantizers)
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> QuantBase:
     """The method's config from the given flags; a flag the method does not take is an error."""
     from ..errors import ConfigError
     from ..quantization import QUANTIZERS, quant_config
