@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainsurgeon.data.core import Dataset
-from brainsurgeon.errors import ConfigError
+from brainsurgeon.errors import ConfigError, NumericalError
+from brainsurgeon.pruning.masks import set_mask
 from brainsurgeon.quantization import (
     QUANTIZERS,
     KMeansConfig,
@@ -126,6 +127,30 @@ def test_bad_loss_or_device_is_refused_before_anything_changes():
     assert _untouched(model)
     with pytest.raises(ConfigError, match="a loss must return one scalar"):
         quantize(model, config, data, loss=lambda out, y: (out[:, 0] - y) ** 2)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "gptq"])
+def test_a_failure_while_fine_tuning_undoes_everything(method):
+    data = _regression()
+    model = _mlp()
+    set_mask(model[0], "weight", model[0].weight.detach().abs() > 0.1)  # a chain below
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        out = model.eval()(data.x)
+    config = quant_config(method, bits=3, finetune_epochs=1)  # gptq rewrites float weights too
+
+    def diverging(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(output[:, 0], target) * float("nan")
+
+    with pytest.raises(NumericalError, match="the loss is nan"):
+        quantize(model, config, data, loss=diverging)
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [type(p).__name__ for p in parametrizations_of(model[0], "weight")] == ["Mask"]
+    assert not parametrizations_of(model[3], "weight")
+    with torch.no_grad():
+        assert torch.equal(model(data.x), out)
+    quantize(model, config.replace(finetune_epochs=0), data)  # and it quantizes afterwards
 
 
 @pytest.mark.parametrize(

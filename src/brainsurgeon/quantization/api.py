@@ -9,12 +9,14 @@ touched, so a bad option leaves the model as it was.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..data.core import DataLike
 from ..errors import ConfigError
@@ -73,7 +75,9 @@ def quantize(
     fine-tuning (``finetune_epochs > 0``), which minimises ``loss`` (a registered name or
     ``(output, target) -> scalar``; default cross entropy) on ``device``.
     ``callback(record)``: called after each fine-tuning epoch. Every submodule's train/eval
-    flag is as it was on return. Returns a :class:`QuantResult`.
+    flag is as it was on return. Every option is checked before the model changes, and an
+    error while quantizing or fine-tuning (e.g. a diverging loss) undoes what was done.
+    Returns a :class:`QuantResult`.
     """
     quantizer = handler_for(config)
     loss_fn = resolve_loss(loss)
@@ -85,12 +89,35 @@ def quantize(
             f"data for {why}; pass data=... (a DataBundle or Dataset)"
         )
     target = resolve_device(device)
-    with preserved_modes(model):
+    with preserved_modes(model), _undone_on_error(model, layers):
         model.to(target)
         notes = quantizer.apply(model, layers, config, data, target)
         history = _finetune(model, config, data, loss_fn, target, progress, callback)
     bits = {layer.name: layer.bits for layer in layers}
     return QuantResult(model, config, bits, report(model), history, notes)
+
+
+@contextmanager
+def _undone_on_error(model: nn.Module, layers: list[LayerPlan]) -> Iterator[None]:
+    """If the block raises, detach the quantizers it attached to ``layers`` and restore every
+    tensor and the device of ``model`` (costs one copy of the state_dict)."""
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    where = next(iter(saved.values())).device if saved else None
+    try:
+        yield
+    except BaseException:
+        for layer in layers:
+            chain = parametrizations_of(layer.module, layer.tensor)
+            if not chain or not isinstance(chain[-1], QuantParametrization):
+                continue
+            if len(chain) == 1:
+                parametrize.remove_parametrizations(layer.module, layer.tensor, False)
+            else:
+                del layer.module.parametrizations[layer.tensor][-1]
+        if where is not None:
+            model.to(where)
+        model.load_state_dict(saved)
+        raise
 
 
 def _finetune(
