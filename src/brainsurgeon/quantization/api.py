@@ -166,7 +166,6 @@ def plan(
     _check_keys(config, targets)
     layers = []
     for name, (module, tensor) in targets.items():
-        owner = name[: -len(tensor) - 1] if name != tensor else ""
         if any(isinstance(p, QuantParametrization) for p in parametrizations_of(module, tensor)):
             raise ConfigError(
                 f"{name} is already quantized; start from the float run or call "
@@ -174,6 +173,7 @@ def plan(
             )
         mask = find_mask(module, tensor)
         keep = None if mask is None else mask.mask.clone()
+        owner = name[: -len(tensor) - 1] if name != tensor else ""
         layer = LayerPlan(name, module, config.bits_for(name, owner), keep, tensor, owner)
         quantizer.check(layer, config)
         layers.append(layer)

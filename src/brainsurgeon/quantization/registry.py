@@ -42,6 +42,11 @@ class LayerPlan:
     tensor: str = "weight"
     layer: str = ""
 
+    def __post_init__(self) -> None:
+        if not self.layer:  # "fc1.weight" of tensor "weight" belongs to layer "fc1"
+            suffix = f".{self.tensor}"
+            self.layer = self.name[: -len(suffix)] if self.name.endswith(suffix) else self.name
+
     @property
     def weight(self) -> torch.Tensor:
         """The effective tensor (after any mask), detached."""
