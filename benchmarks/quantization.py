@@ -25,7 +25,7 @@ from brainsurgeon import runs
 from brainsurgeon._io import write_json
 from brainsurgeon.data import load_data
 from brainsurgeon.models import build_model
-from brainsurgeon.quantization import QUANTIZERS, QuantConfig, plan, quantize
+from brainsurgeon.quantization import plan, quant_config, quantize
 from brainsurgeon.training import TrainConfig, evaluate, fit
 from brainsurgeon.utils import environment, seed_everything
 
@@ -56,7 +56,7 @@ def trained_lenet300(data, *, epochs: int = 20, seed: int = SEED):
 
 
 def experiments(quick: bool, ft: int) -> list[tuple[str, dict]]:
-    """``(label, QuantConfig kwargs)`` for every row; rows behind the targets come first."""
+    """``(label, quant_config kwargs)`` for every row; rows behind the targets come first."""
     rows = [(f"uniform-{b}", {"method": "uniform", "bits": b}) for b in (8, 4, 2)]
     for bits in (4, 3, 2):  # round-to-nearest on the same per-channel grid as gptq
         rows.append((f"rtn-{bits}", {"method": "uniform", "bits": bits}))
@@ -103,7 +103,7 @@ def _others(quick: bool, ft: int) -> list[tuple[str, dict]]:
 
 def run_one(model, data, label: str, kwargs: dict, base_acc: float, lr: float) -> dict:
     m = copy.deepcopy(model)
-    config = QuantConfig(seed=SEED, finetune_lr=lr, **kwargs)
+    config = quant_config(seed=SEED, finetune_lr=lr, **kwargs)
     start = time.perf_counter()
     result = quantize(m, config, data)
     seconds = time.perf_counter() - start
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     todo = experiments(args.quick, ft)
     for _, kwargs in todo:  # every option checked before the long run starts
-        plan(model, QuantConfig(**kwargs), QUANTIZERS.get(kwargs["method"])())
+        plan(model, quant_config(**kwargs))
     rows = _done_rows(RESULTS / name, head) if args.resume else {}
     for label, kwargs in todo:
         if label in rows:

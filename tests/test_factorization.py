@@ -299,13 +299,13 @@ def test_cli_bad_input_exits_2_and_writes_nothing(run_dir, tmp_path, args, messa
 
 def test_factorized_then_pruned_and_quantized_round_trips(tmp_path, trained_mlp, digits):
     from brainsurgeon.pruning import PruneConfig, prune
-    from brainsurgeon.quantization import QuantConfig, quantize
+    from brainsurgeon.quantization import KMeansConfig, quantize
 
     model = copy.deepcopy(trained_mlp)
     factorize(model, FactorizeConfig(rank=8, layers=("fc1", "fc2")))
     prune(model, PruneConfig(criterion="magnitude", amount=0.5), progress=False)
     assert float((model.fc1.down.weight == 0).float().mean()) > 0.2
-    quantize(model, QuantConfig(method="kmeans", bits=4))
+    quantize(model, KMeansConfig(bits=4))
     x = digits.test.x[:16]
     run = load_run(save(model, tmp_path / "all", config=_run_config(digits)))
     assert torch.allclose(run.model(x), model(x), atol=1e-6)

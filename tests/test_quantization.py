@@ -7,15 +7,19 @@ import pytest
 import torch
 from sklearn.cluster import KMeans as SKKMeans
 
-from brainsurgeon.quantization import QuantConfig
-from brainsurgeon.quantization.binary import BinaryQuant, binary_alpha
 from brainsurgeon.quantization.cluster import lloyd, scalar_init
-from brainsurgeon.quantization.kmeans import KMeansQuant, kmeans_codebook
-from brainsurgeon.quantization.product import Product
+from brainsurgeon.quantization.methods.binary import BinaryQuant, binary_alpha
+from brainsurgeon.quantization.methods.kmeans import KMeansQuant, kmeans_codebook
+from brainsurgeon.quantization.methods.product import Product, ProductConfig
+from brainsurgeon.quantization.methods.residual import residual_codebooks
+from brainsurgeon.quantization.methods.ternary import TernaryQuant, ternary_params
+from brainsurgeon.quantization.methods.uniform import (
+    UniformConfig,
+    UniformQuant,
+    code_range,
+    fit_grid,
+)
 from brainsurgeon.quantization.registry import LayerPlan
-from brainsurgeon.quantization.residual import residual_codebooks
-from brainsurgeon.quantization.ternary import TernaryQuant, ternary_params
-from brainsurgeon.quantization.uniform import UniformQuant, code_range, fit_grid
 
 
 def _layer(weight: torch.Tensor, bits: int, keep=None) -> LayerPlan:
@@ -33,7 +37,7 @@ def _spread_weights(seed: int, rows: int = 16, cols: int = 40) -> torch.Tensor:
 
 
 def _uniform(weight, bits, **kw) -> tuple[UniformQuant, torch.Tensor]:
-    config = QuantConfig(method="uniform", bits=bits, **kw)
+    config = UniformConfig(bits=bits, **kw)
     scale, zero = fit_grid(_layer(weight, bits), config, bits)
     q = UniformQuant(scale, zero, bits, config.symmetric, weight.numel())
     return q, q(weight)
@@ -197,11 +201,11 @@ def test_product_quantization_error_falls_as_k_grows():
     w = torch.randn(64, 16, generator=g)
     errs = []
     for bits in (1, 2, 3, 4, 5):
-        param = Product().build(_layer(w, bits), QuantConfig(method="product", block_width=4))
+        param = Product().build(_layer(w, bits), ProductConfig(block_width=4))
         errs.append(((param(w) - w) ** 2).sum().item())
     assert all(a > b for a, b in zip(errs, errs[1:], strict=False))
     # k = number of rows: every row is its own centroid, exact reconstruction
-    param = Product().build(_layer(w, 6), QuantConfig(method="product", block_width=4))
+    param = Product().build(_layer(w, 6), ProductConfig(block_width=4))
     assert torch.allclose(param(w), w, atol=1e-6)
 
 

@@ -24,7 +24,8 @@ def test_quantizers_lists_every_method():
     items = json.loads(run_cli("quantizers", "--json", check=True).stdout)["quantizers"]
     assert [i["name"] for i in items] == QUANTIZERS.names()
     gptq = next(i for i in items if i["name"] == "gptq")
-    assert gptq["needs_data"] and gptq["bits"] == "2-8"
+    assert gptq["needs_data"] and gptq["bits"] == "2-8" and gptq["config"] == "GPTQConfig"
+    assert "unhooked" in gptq["options"] and "init" not in gptq["options"]
     text = run_cli("quantizers", check=True).stdout
     assert "kmeans" in text and "Deep Compression" in text
 
@@ -63,7 +64,7 @@ def test_quantize_writes_a_loadable_run(trained_run, tmp_path):
     run = load_run(out)
     assert isinstance(run.model.fc1.parametrizations.weight[0], KMeansQuant)
     q = run.config["compression"]["quantization"]
-    assert q["config"]["method"] == "kmeans" and q["bits"]["fc3"] == 3
+    assert q["config"]["method"] == "kmeans" and q["bits"]["fc3.weight"] == 3
     assert run.config["history"][-1]["step"] == "quantize"
     assert run.config["history"][-1]["parent"] == str(trained_run)
     acc = evaluate(run.model, run.data(progress=False))["accuracy"]
@@ -82,12 +83,15 @@ def test_table_output_and_help(trained_run, tmp_path):
         "uniform",
         "--bits",
         "8",
+        "--skip",
+        "fc3",
         "--out",
         str(tmp_path / "u8"),
         "--quiet",
         check=True,
     )
     assert "bits/weight" in proc.stdout and "test accuracy" in proc.stdout
+    assert "fc2.weight" in proc.stdout and "fc3.weight" not in proc.stdout  # --skip: --exclude
     assert proc.stderr == ""
     helptext = run_cli("quantize", "--help", check=True).stdout
     assert "examples:" in helptext and "--per-layer-bits" in helptext
@@ -100,6 +104,8 @@ def test_table_output_and_help(trained_run, tmp_path):
         (["--method", "product", "--bits", "4"], ["k=16", "fc3", "at most 3"]),
         (["--method", "product", "--block-width", "7"], ["does not divide", "--block-width"]),
         (["--per-layer-bits", "fc1:5"], ["expected NAME=VALUE"]),
+        (["--method", "kmeans", "--stages", "3"], ["--stages does not apply to kmeans", "--init"]),
+        (["--method", "gptq", "--exclude", "fc9"], ["exclude pattern 'fc9' matches no"]),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(trained_run, tmp_path, args, fragments):

@@ -12,12 +12,12 @@ from torch import nn
 from brainsurgeon.errors import ConfigError, UnsupportedLayerError
 from brainsurgeon.models import build_model
 from brainsurgeon.pruning.masks import find_mask, set_mask
-from brainsurgeon.quantization import QUANTIZERS, QuantConfig, quantize, report
+from brainsurgeon.quantization import QUANTIZERS, quant_config, quantize, report
 from brainsurgeon.quantization.base import QuantParametrization
-from brainsurgeon.quantization.gptq import GPTQ
 from brainsurgeon.quantization.int8 import compare_latency, to_int8
+from brainsurgeon.quantization.methods.gptq import GPTQ, GPTQConfig
+from brainsurgeon.quantization.methods.uniform import fake_quantize
 from brainsurgeon.quantization.registry import LayerPlan
-from brainsurgeon.quantization.uniform import fake_quantize
 from brainsurgeon.runs import load_run, save
 from brainsurgeon.state import make_permanent, parametrizations_of
 from brainsurgeon.training import TrainConfig, evaluate, fit
@@ -54,7 +54,7 @@ def test_every_registered_quantizer_is_covered():
 @pytest.mark.parametrize("method", sorted(OPTIONS))
 def test_contract_state_dict_deepcopy_save_load_permanent(method, model, digits, tmp_path):
     m = copy.deepcopy(model)
-    result = quantize(m, QuantConfig(method=method, **OPTIONS[method]), digits)
+    result = quantize(m, quant_config(method, **OPTIONS[method]), digits)
     out = _outputs(m, digits)
     assert not torch.allclose(out, _outputs(model, digits))  # it did something
     assert evaluate(m, digits)["accuracy"] > 0.3  # chance is 0.1; binary on a tiny net is weak
@@ -73,14 +73,14 @@ def test_contract_state_dict_deepcopy_save_load_permanent(method, model, digits,
     assert run.config["compression"]["quantization"]["config"]["method"] == method
     # quantizing twice is refused; make_permanent bakes the dequantized weights in
     with pytest.raises(ConfigError, match="already quantized"):
-        quantize(twin, QuantConfig(method=method, **OPTIONS[method]), digits)
+        quantize(twin, quant_config(method, **OPTIONS[method]), digits)
     make_permanent(twin)
     assert "fc1.weight" in twin.state_dict()
     assert torch.allclose(_outputs(twin, digits), out, atol=1e-6)
     # idempotence: quantizing the baked weights again changes (almost) nothing
     if method in ("uniform", "binary", "ternary", "kmeans"):
         again = copy.deepcopy(twin)
-        quantize(again, QuantConfig(method=method, **OPTIONS[method]), digits)
+        quantize(again, quant_config(method, **OPTIONS[method]), digits)
         assert torch.allclose(_outputs(again, digits), out, atol=1e-5)
 
 
@@ -93,7 +93,7 @@ def test_prune_then_quantize_keeps_zeros(method, model, digits):
         keep = layer.weight.detach().abs() > layer.weight.detach().abs().median()
         set_mask(layer, "weight", keep)
         keeps[name] = keep
-    quantize(m, QuantConfig(method=method, **OPTIONS[method]), digits)
+    quantize(m, quant_config(method, **OPTIONS[method]), digits)
     for name, keep in keeps.items():
         w = getattr(m, name).weight
         assert (w[~keep] == 0).all(), name
@@ -109,7 +109,7 @@ def test_prune_then_quantize_keeps_zeros(method, model, digits):
 @pytest.mark.parametrize("method", ["kmeans", "uniform", "product"])
 def test_quantize_then_prune_keeps_zeros_and_codes(method, model, digits):
     m = copy.deepcopy(model)
-    quantize(m, QuantConfig(method=method, **OPTIONS[method]), digits)
+    quantize(m, quant_config(method, **OPTIONS[method]), digits)
     before = m.fc2.weight.detach().clone()
     keep = torch.rand(before.shape, generator=torch.Generator().manual_seed(0)) > 0.5
     set_mask(m.fc2, "weight", keep)
@@ -122,7 +122,7 @@ def test_quantize_then_prune_keeps_zeros_and_codes(method, model, digits):
 def test_kmeans_finetuning_keeps_tied_weights_tied(model, digits):
     m = copy.deepcopy(model)
     result = quantize(
-        m, QuantConfig(method="kmeans", bits=2, finetune_epochs=2, finetune_lr=0.01), digits
+        m, quant_config("kmeans", bits=2, finetune_epochs=2, finetune_lr=0.01), digits
     )
     assert len(result.history) == 2
     for name in ("fc1", "fc2", "fc3"):
@@ -134,7 +134,7 @@ def test_kmeans_finetuning_keeps_tied_weights_tied(model, digits):
             assert torch.all(tied == q.codebook[c].detach()), (name, c)
     # the centroids moved, the float original got no gradient and did not
     fresh = copy.deepcopy(model)
-    quantize(fresh, QuantConfig(method="kmeans", bits=2))
+    quantize(fresh, quant_config("kmeans", bits=2))
     moved = m.fc1.parametrizations.weight[0].codebook
     assert not torch.allclose(moved, fresh.fc1.parametrizations.weight[0].codebook)
     assert torch.equal(m.fc1.parametrizations.weight.original, model.fc1.weight)
@@ -142,7 +142,7 @@ def test_kmeans_finetuning_keeps_tied_weights_tied(model, digits):
 
 def test_qat_trains_float_weights_and_stays_on_grid(model, digits):
     m = copy.deepcopy(model)
-    quantize(m, QuantConfig(method="uniform", bits=3, finetune_epochs=1), digits)
+    quantize(m, quant_config("uniform", bits=3, finetune_epochs=1), digits)
     orig = m.fc1.parametrizations.weight.original
     assert not torch.equal(orig, model.fc1.weight)
     q = m.fc1.parametrizations.weight[0]
@@ -157,7 +157,7 @@ def test_qat_trains_float_weights_and_stays_on_grid(model, digits):
 
 def test_kmeans_storage_matches_deep_compression_rate(model):
     m = copy.deepcopy(model)
-    quantize(m, QuantConfig(method="kmeans", bits=3))
+    quantize(m, quant_config("kmeans", bits=3))
     rep = report(m)
     row = next(r for r in rep["layers"] if r["layer"] == "fc1.weight")
     n, k, b = 64 * 32, 8, 32
@@ -174,7 +174,7 @@ def test_kmeans_storage_matches_deep_compression_rate(model):
 
 def test_product_and_residual_storage_formulas(model):
     m = copy.deepcopy(model)
-    quantize(m, QuantConfig(method="product", bits=3, block_width=4))
+    quantize(m, quant_config("product", bits=3, block_width=4))
     s = m.fc1.parametrizations.weight[0].storage()
     rows, cols, d, k = 32, 64, 4, 8
     blocks = cols // d
@@ -183,7 +183,7 @@ def test_product_and_residual_storage_formulas(model):
         32 * rows * cols / (rows * blocks * math.log2(k) + 32 * k * cols)
     )
     m = copy.deepcopy(model)
-    quantize(m, QuantConfig(method="residual", bits=2, stages=3, block_width=2))
+    quantize(m, quant_config("residual", bits=2, stages=3, block_width=2))
     s = m.fc1.parametrizations.weight[0].storage()
     t, k, d = 3, 4, 2
     vectors = rows * cols // d
@@ -196,13 +196,13 @@ def test_product_and_residual_storage_formulas(model):
 def test_uniform_binary_ternary_storage(model):
     for method, bits, per_weight in (("uniform", 4, 4), ("binary", 1, 1), ("ternary", 2, 2)):
         m = copy.deepcopy(model)
-        quantize(m, QuantConfig(method=method, bits=bits))
+        quantize(m, quant_config(method, bits=bits))
         s = m.fc2.parametrizations.weight[0].storage()
         extra = 16 * 32 + (16 * 4 if method == "uniform" else 0)  # scales (+ zero points)
         assert s["index_bits"] == 16 * 32 * per_weight
         assert s["codebook_bits"] == extra
     m = copy.deepcopy(model)
-    quantize(m, QuantConfig(method="uniform", bits=8, symmetric=True, granularity="per-tensor"))
+    quantize(m, quant_config("uniform", bits=8, symmetric=True, granularity="per-tensor"))
     assert m.fc2.parametrizations.weight[0].storage()["codebook_bits"] == 32
 
 
@@ -216,7 +216,7 @@ def test_gptq_beats_round_to_nearest_on_the_layer_objective():
     H = 2 * X.T @ X / X.shape[0]
     from brainsurgeon.pruning.solvers import gptq as solve
 
-    config = QuantConfig(method="gptq", bits=3)
+    config = GPTQConfig(bits=3)
     plan = LayerPlan("fc", layer, 3)
     W = layer.weight.detach().clone()
     GPTQ.solve_layer(plan, H, config, solve)
@@ -232,7 +232,7 @@ def test_gptq_handles_conv_layers_through_unfolded_inputs(digits):
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
     before = m(digits.test.x[:32]).detach()
-    quantize(m, QuantConfig(method="gptq", bits=4, samples=128), digits)
+    quantize(m, quant_config("gptq", bits=4, samples=128), digits)
     q = m[0].parametrizations.weight[0]
     assert isinstance(q, QuantParametrization) and q.kind == "uniform"
     w = m[0].weight.detach()
@@ -264,33 +264,35 @@ def test_int8_matches_float_and_reports_latency(model):
 def test_bad_input_is_refused_before_anything_changes(model, digits):
     m = copy.deepcopy(model)
     cases = [
-        (QuantConfig(method="kmeans", bits=5, per_layer_bits={"fc3": 8}), "k=256 .* 160"),
-        (QuantConfig(method="product", bits=3, block_width=5), "does not divide the 64"),
-        (QuantConfig(method="product", bits=5, block_width=4), "k=32 .* 16 vectors"),
-        (QuantConfig(method="kmeans", per_layer_bits={"conv": 4}), "matches no quantized layer"),
+        (quant_config("kmeans", bits=5, per_layer_bits={"fc3": 8}), "k=256 .* 160"),
+        (quant_config("product", bits=3, block_width=5), "does not divide the 64"),
+        (quant_config("product", bits=5, block_width=4), "k=32 .* 16 vectors"),
+        (quant_config("kmeans", per_layer_bits={"conv": 4}), "matches no quantized layer"),
     ]
     for config, message in cases:
         with pytest.raises(ConfigError, match=message):
             quantize(m, config)
     with pytest.raises(ConfigError, match="gptq .* needs data for calibration"):
-        quantize(m, QuantConfig(method="gptq"))
+        quantize(m, quant_config("gptq"))
     with pytest.raises(ConfigError, match="needs data for fine-tuning"):
-        quantize(m, QuantConfig(method="kmeans", finetune_epochs=1))
+        quantize(m, quant_config("kmeans", finetune_epochs=1))
     assert not any(parametrizations_of(mod, "weight") for mod in (m.fc1, m.fc2, m.fc3))
     with pytest.raises(ConfigError, match=r"uniform needs bits between 2 and 8, got 9"):
-        QuantConfig(method="uniform", bits=9)
+        quant_config("uniform", bits=9)
     with pytest.raises(ConfigError, match=r"binary needs bits 1, got 2"):
-        QuantConfig(method="binary", bits=2)
+        quant_config("binary", bits=2)
     with pytest.raises(ConfigError, match="unknown quantizer 'kmean'.*Did you mean 'kmeans'"):
-        QuantConfig(method="kmean")
+        quant_config("kmean")
     with pytest.raises(ConfigError, match="unknown init 'cdf'; valid: linear, random, density"):
-        QuantConfig(init="cdf")
+        quant_config("kmeans", init="cdf")
 
 
 def test_unsupported_layer_types_are_named():
     m = nn.Sequential(nn.Conv1d(1, 4, 3), nn.Flatten(), nn.Linear(24, 3))
-    with pytest.raises(UnsupportedLayerError, match=r"gptq cannot quantize 0 \(Conv1d\).*--skip 0"):
-        quantize(m, QuantConfig(method="gptq"), data=None)
+    with pytest.raises(
+        UnsupportedLayerError, match=r"gptq cannot quantize 0 \(Conv1d\).*--exclude 0"
+    ):
+        quantize(m, quant_config("gptq"), data=None)
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(UnsupportedLayerError, match="groups=2"):
-        quantize(grouped, QuantConfig(method="gptq"), data=None)
+        quantize(grouped, quant_config("gptq"), data=None)

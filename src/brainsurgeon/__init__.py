@@ -32,7 +32,7 @@ _API = {
     "prune": "brainsurgeon.pruning",
     "PruneConfig": "brainsurgeon.pruning",
     "quantize": "brainsurgeon.quantization",
-    "QuantConfig": "brainsurgeon.quantization",
+    "quant_config": "brainsurgeon.quantization",
     "distill": "brainsurgeon.distillation",
     "DistillConfig": "brainsurgeon.distillation",
     "factorize": "brainsurgeon.factorization",

@@ -8,8 +8,14 @@ fine-tuned, pruned further or inspected; ``brainsurgeon quantizers`` lists the m
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
+from typing import Any
 
 from .common import add_common, emit, parse_kv_list, say, table
+
+if typing.TYPE_CHECKING:
+    from ..quantization import QuantBase
 
 EPILOG = """\
 examples:
@@ -18,9 +24,11 @@ examples:
   brainsurgeon quantize runs/lenet --method uniform --bits 8 --granularity per-tensor --out runs/u8
   brainsurgeon quantize runs/lenet --method gptq --bits 3 --samples 2048 --out runs/gptq3
   brainsurgeon quantize runs/lenet5 --method kmeans --per-layer-bits conv=8,fc=5 --out runs/mix
-  brainsurgeon quantize runs/lenet --method product --bits 8 --skip fc3 --out runs/pq
+  brainsurgeon quantize runs/lenet --method product --bits 8 --exclude fc3 --out runs/pq
 
---per-layer-bits matches module names exactly or by prefix (the longest key wins);
+Each method takes the options of its config (`brainsurgeon quantizers --json` lists them);
+an option another method takes is an error. --per-layer-bits matches layer or tensor names
+exactly, by prefix or as a glob (the longest key wins); --exclude / --layers are globs;
 --finetune-epochs trains the centroids of kmeans/product/residual, and the float weights
 through a straight-through estimator (QAT) for uniform/binary/ternary/gptq.
 Prune first and quantize the pruned run: pruned weights stay zero and take no centroid."""
@@ -30,7 +38,74 @@ example:
   brainsurgeon quantizers --json"""
 
 
+# One line of help per option; the methods that take it and its default come from the configs.
+HELP = {
+    "bits": "bits per code, k = 2^bits centroids (default: the method's)",
+    "per_layer_bits": "per-tensor bits by layer or tensor name, prefix or glob, e.g. fc=5,conv=8",
+    "layers": "quantize only these layers/tensors (comma-separated globs, e.g. 'encoder.*')",
+    "exclude": "layers/tensors left in float (comma-separated globs), e.g. fc3",
+    "include_bias": "quantize the biases too (one scale per bias vector)",
+    "finetune_epochs": "fine-tune after quantizing (centroids or QAT)",
+    "finetune_lr": "fine-tune learning rate (default: the method's; 1e-4 kmeans/residual, "
+    "1e-3 product, 1e-2 uniform/binary/ternary/gptq)",
+    "batch_size": "fine-tune batch size",
+    "granularity": "per-channel | per-tensor scales",
+    "symmetric": "symmetric grid, zero point 0",
+    "range": "minmax | percentile | mse",
+    "percentile": "for --range percentile",
+    "max_iter": "Lloyd iterations at most",
+    "init": "kmeans init: linear | random | density",
+    "block_width": "sub-vector width d; must divide each fan-in",
+    "stages": "residual stages t",
+    "samples": "calibration samples",
+    "damp": "damping of H (x mean diag)",
+    "unhooked": "error | rtn: tensors whose layer inputs no forward hook sees",
+}
+FROM_COMMON = ("seed",)  # options the common flags fill
+ALIASES = {"exclude": ("--skip",)}
+
+
+def method_options() -> dict[str, dict[str, Any]]:
+    """``{field: {"hint", "default", "methods"}}`` over every registered method config."""
+    from ..quantization import QUANTIZERS
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in QUANTIZERS:
+        cls = QUANTIZERS.get(name).config
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in FROM_COMMON:
+                continue
+            entry = out.setdefault(f.name, {"hint": hints[f.name], "default": f.default})
+            entry.setdefault("methods", []).append(name)
+    return out
+
+
+def _add_option(p: argparse.ArgumentParser, name: str, spec: dict[str, Any], every: int) -> None:
+    """``--name`` typed by the field's hint; help lists the methods taking it (all: none)."""
+    flags = ["--" + name.replace("_", "-"), *ALIASES.get(name, ())]
+    hint = spec["hint"]
+    methods = spec["methods"]
+    default = spec["default"]
+    where = "" if len(methods) == every else f" [{', '.join(methods)}]"
+    shown = "" if default in (None, False, dataclasses.MISSING, ()) else f" (default: {default})"
+    kw: dict[str, Any] = {
+        "default": argparse.SUPPRESS,
+        "help": HELP.get(name, name) + shown + where,
+    }
+    if hint is bool:
+        kw["action"] = "store_true"
+    elif typing.get_origin(hint) in (tuple, dict):
+        kw["metavar"] = "NAME=BITS,..." if typing.get_origin(hint) is dict else "PATTERN,..."
+    else:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        kw["type"] = args[0] if args else hint
+    p.add_argument(*flags, **kw)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..quantization import DEFAULT_METHOD, QUANTIZERS
+
     p = sub.add_parser(
         "quantize",
         help="quantize a run's weights (k-means, uniform, gptq, ...)",
@@ -41,59 +116,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory to quantize (made by train, prune, ...)")
     p.add_argument(
         "--method",
-        default="kmeans",
-        help="quantizer (default: kmeans); see `brainsurgeon quantizers`",
+        default=DEFAULT_METHOD,
+        choices=QUANTIZERS.names(),
+        help=f"quantizer (default: {DEFAULT_METHOD}); see `brainsurgeon quantizers`",
     )
-    p.add_argument(
-        "--bits",
-        type=int,
-        default=None,
-        help="bits per code, k = 2^bits centroids (default: the method's)",
-    )
-    p.add_argument(
-        "--per-layer-bits",
-        default="",
-        metavar="NAME=BITS,...",
-        help="per-layer bits by module name or prefix, e.g. fc=5,conv=8",
-    )
-    p.add_argument(
-        "--skip",
-        default="",
-        metavar="NAME,...",
-        help="layers (names or prefixes) left in float, e.g. fc3",
-    )
-    p.add_argument(
-        "--granularity",
-        default="per-channel",
-        help="per-channel | per-tensor scales (uniform, gptq, binary, ternary)",
-    )
-    p.add_argument("--symmetric", action="store_true", help="symmetric grid, zero point 0")
-    p.add_argument("--range", default="minmax", help="minmax | percentile | mse (uniform, gptq)")
-    p.add_argument("--percentile", type=float, default=99.9, help="for --range percentile")
-    p.add_argument("--init", default="linear", help="kmeans init: linear | random | density")
-    p.add_argument(
-        "--block-width",
-        type=int,
-        default=4,
-        help="sub-vector width d (product, residual); must divide each fan-in",
-    )
-    p.add_argument("--stages", type=int, default=2, help="residual stages t")
-    p.add_argument("--samples", type=int, default=1024, help="calibration samples (gptq)")
-    p.add_argument("--damp", type=float, default=0.01, help="gptq: damping of H (x mean diag)")
-    p.add_argument(
-        "--finetune-epochs",
-        type=int,
-        default=0,
-        help="fine-tune after quantizing (centroids or QAT); default 0",
-    )
-    p.add_argument(
-        "--finetune-lr",
-        type=float,
-        default=None,
-        help="fine-tune learning rate (default: the method's; 1e-4 kmeans/residual, "
-        "1e-3 product, 1e-2 uniform/binary/ternary/gptq)",
-    )
-    p.add_argument("--batch-size", type=int, default=64, help="fine-tune batch size")
+    for name, spec in method_options().items():
+        _add_option(p, name, spec, len(QUANTIZERS))
     p.add_argument("--out", required=True, help="new run directory")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     add_common(p)
@@ -110,59 +138,57 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=list_quantizers)
 
 
-def quant_config(args: argparse.Namespace):
-    from ..quantization import QuantConfig
+def config_from_args(args: argparse.Namespace) -> QuantBase:
+    """The method's config from the given flags; a flag the method does not take is an error."""
+    from ..errors import ConfigError
+    from ..quantization import QUANTIZERS, quant_config
 
-    skip = tuple(s.strip() for s in args.skip.split(",") if s.strip())
-    return QuantConfig(
-        method=args.method,
-        bits=args.bits,
-        skip=skip,
-        per_layer_bits=parse_kv_list(args.per_layer_bits, what="--per-layer-bits", cast=int),
-        granularity=args.granularity,
-        symmetric=args.symmetric,
-        range=args.range,
-        percentile=args.percentile,
-        init=args.init,
-        block_width=args.block_width,
-        stages=args.stages,
-        samples=args.samples,
-        damp=args.damp,
-        finetune_epochs=args.finetune_epochs,
-        finetune_lr=args.finetune_lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    specs = method_options()
+    given = {name: getattr(args, name) for name in specs if hasattr(args, name)}
+    takes = QUANTIZERS.get(args.method).config.options()
+    wrong = [name for name in given if name not in takes]
+    if wrong:
+        flags = ", ".join("--" + n.replace("_", "-") for n in wrong)
+        valid = ", ".join("--" + n.replace("_", "-") for n in takes if n not in FROM_COMMON)
+        raise ConfigError(f"{flags} does not apply to {args.method}; its options: {valid}")
+    for name, value in list(given.items()):
+        origin = typing.get_origin(specs[name]["hint"])
+        if origin is dict:
+            given[name] = parse_kv_list(value, what="--" + name.replace("_", "-"), cast=int)
+        elif origin is tuple:
+            given[name] = tuple(s.strip() for s in value.split(",") if s.strip())
+    return quant_config(args.method, seed=args.seed, **given)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import runs
-    from ..quantization import QUANTIZERS, plan, quantize
+    from ..quantization import plan, quantize
     from ..training import evaluate
     from ..utils import seed_everything
     from .runs_common import check_out, epoch_printer, open_run
 
-    config = quant_config(args)
+    config = config_from_args(args)
     out = check_out(args.out, args.force)
     parent = open_run(args)
-    plan(parent.model, config, QUANTIZERS.get(config.method)())  # every check, before any work
+    plan(parent.model, config)  # every check, before any work
     data = parent.data(progress=not args.quiet)
     before = evaluate(parent.model, data)
     seed_everything(args.seed)
-    say(args, f"quantizing {parent.path} with {config.method}")
+    say(args, f"quantizing {parent.path} with {config.METHOD}")
     result = quantize(
         parent.model,
         config,
         data,
+        device=args.device,
         progress=not args.quiet,
-        on_epoch=epoch_printer(args, config.finetune_epochs),
+        callback=epoch_printer(args, config.finetune_epochs),
     )
     after = evaluate(parent.model, data)
     summary = result.summary()
     cfg = parent.child_config(
         {
             "step": "quantize",
-            "method": config.method,
+            "method": config.METHOD,
             "bits_per_weight": summary["bits_per_weight"],
             "test_accuracy": after["accuracy"],
         }
@@ -217,7 +243,7 @@ def _print(args, out, before, after, result) -> None:
     )
     payload = {
         "run": str(out),
-        "method": result.config.method,
+        "method": result.config.METHOD,
         "accuracy_before": before["accuracy"],
         "accuracy_after": after["accuracy"],
         "bits_per_weight": total["bits_per_weight"],
@@ -235,15 +261,17 @@ def list_quantizers(args: argparse.Namespace) -> int:
 
     items = []
     for name, description in QUANTIZERS.describe().items():
-        q = QUANTIZERS.get(name)
-        lo, hi = q.bits_range
+        method = QUANTIZERS.get(name)
+        lo, hi = method.config.BITS
         items.append(
             {
                 "name": name,
                 "bits": f"{lo}" if lo == hi else f"{lo}-{hi}",
-                "default_bits": q.default_bits,
-                "needs_data": q.needs_data,
-                "layers": [t.__name__ for t in q.layer_types],
+                "default_bits": method.config.DEFAULT_BITS,
+                "needs_data": method.handler.needs_data,
+                "layers": method.handler.supported(),
+                "options": method.config.options(),
+                "config": method.config.__name__,
                 "description": description,
             }
         )

@@ -30,7 +30,8 @@ a recipe:
     - evaluate: {split: test}
   report: true
 step options are the fields of TrainConfig (train, finetune), PruneConfig (prune) and
-QuantConfig (quantize); `brainsurgeon prune --help` and `quantize --help` describe them.
+the method's config (quantize: method plus e.g. KMeansConfig's fields); `brainsurgeon
+prune --help` and `quantize --help` describe them.
 
 examples:
   brainsurgeon run recipe.yaml --out runs/recipe

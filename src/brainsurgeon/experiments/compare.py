@@ -84,19 +84,23 @@ class CompareConfig(Config):
 
 
 def quant_config(spec: str, *, seed: int, finetune_epochs: int, finetune_lr: float, samples: int):
-    """``"kmeans:5"`` -> ``QuantConfig(method="kmeans", bits=5, ...)`` (validated)."""
-    from ..quantization import QuantConfig
+    """``"kmeans:5"`` -> ``KMeansConfig(bits=5, ...)`` (validated); ``samples`` only for
+    methods that calibrate (gptq)."""
+    from ..quantization import QUANTIZERS
+    from ..quantization import quant_config as build
 
     method, _, bits = spec.partition(":")
     if bits and not bits.isdigit():
         raise ConfigError(f"quantizers: {spec!r} must be METHOD or METHOD:BITS, e.g. kmeans:5")
-    return QuantConfig(
-        method=method,
+    takes = QUANTIZERS.get(method).config.options()
+    extra = {"samples": samples} if "samples" in takes else {}
+    return build(
+        method,
         bits=int(bits) if bits else None,
         seed=seed,
         finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr,
-        samples=samples,
+        **extra,
     )
 
 

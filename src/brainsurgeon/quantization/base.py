@@ -75,8 +75,9 @@ def channel_view(stat: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def reduce_channels(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """``(C, m)`` rows to reduce over: one per output channel, or one for the whole tensor."""
-    return as_matrix(weight) if per_channel else weight.reshape(1, -1)
+    """``(C, m)`` rows to reduce over: one per output channel, or one for the whole tensor
+    (always for a 1-D tensor such as a bias, where a "channel" would be one number)."""
+    return as_matrix(weight) if per_channel and weight.dim() > 1 else weight.reshape(1, -1)
 
 
 def masked_mean_abs(rows: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:

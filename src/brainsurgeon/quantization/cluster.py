@@ -8,6 +8,8 @@ Han et al. (Deep Compression, 2016): linear, random, density; vectors use k-mean
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 
@@ -92,3 +94,8 @@ def kmeans_pp(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
 def vector_kmeans(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 100):
     """k-means++ then Lloyd on rows of ``x (n, d)``: ``(centroids (k, d), labels (n,))``."""
     return lloyd(x, kmeans_pp(x, k, seed), max_iter)
+
+
+def layer_seed(seed: int, name: str) -> int:
+    """A per-tensor seed that is stable across processes."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31

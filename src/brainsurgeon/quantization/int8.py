@@ -20,20 +20,47 @@ from torch import nn
 from torch.utils import benchmark
 
 from ..errors import UnsupportedLayerError
+from ..models.adapters import compressible
 from ..state import make_permanent
 
 
 def to_int8(model: nn.Module) -> nn.Module:
-    """A CPU copy of ``model`` (parametrizations baked in) with dynamic int8 Linear layers."""
+    """A CPU copy of ``model`` (parametrizations baked in) with dynamic int8 Linear layers.
+
+    Other compressible tensors (conv, LSTM/GRU, attention, embeddings, the Linear layers
+    inside ``nn.TransformerEncoderLayer``/``DecoderLayer``, whose fused inference path needs
+    float tensors) stay float; a warning names them.
+    """
     m = make_permanent(copy.deepcopy(model)).cpu().eval()
-    if not any(isinstance(x, nn.Linear) for x in m.modules()):
+    names = _int8_linears(m)
+    if not names:
         raise UnsupportedLayerError(
             "int8 execution covers nn.Linear layers only and this model has none; "
             "conv layers run in float (use --method uniform --bits 8 to simulate int8)"
         )
+    chosen = {f"{name}.weight" for name in names}
+    left = [name for name in compressible(m) if name not in chosen]
+    if left:
+        warnings.warn(
+            f"int8 execution covers nn.Linear layers only; {len(left)} tensor(s) stay in float: "
+            f"{', '.join(left)} (quantize them with --method uniform --bits 8 to simulate int8)",
+            stacklevel=2,
+        )
     with warnings.catch_warnings():  # torch.ao.quantization is deprecated but still works
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(m, {nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(m, set(names), dtype=torch.qint8)
+
+
+def _int8_linears(model: nn.Module) -> list[str]:
+    """Names of the nn.Linear modules dynamic int8 can replace: not inside a Transformer
+    encoder/decoder layer, whose fused inference path reads ``linear.weight`` as a tensor."""
+    fused = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    inside = [name for name, mod in model.named_modules() if isinstance(mod, fused)]
+    return [
+        name
+        for name, mod in model.named_modules()
+        if type(mod) is nn.Linear and not any(name.startswith(f"{p}.") for p in inside)
+    ]
 
 
 def latency(model: nn.Module, x: torch.Tensor, *, min_run_time: float = 1.0) -> dict[str, float]:

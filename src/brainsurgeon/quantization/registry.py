@@ -1,88 +1,140 @@
-"""The quantizer registry and the interface every method implements.
+"""The quantizer registry: method name -> (config type, handler), and config type -> handler.
 
-A quantizer validates each planned layer (``check``) and builds the parametrization that
-holds its state (``build``); ``apply`` attaches them. Methods that need statistics (gptq)
-override ``apply`` to collect them first. Register with::
+A handler validates each planned tensor (``check``) and builds the parametrization that holds
+its state (``build``); ``apply`` attaches them. Methods that need statistics (gptq) override
+``apply`` to collect them first. A method registers its handler with its own config::
 
-    @QUANTIZERS.register("uniform", "affine n-bit grid, ...")
+    @register_quantizer(UniformConfig, "affine n-bit grid, ...")
     class Uniform(Quantizer): ...
+
+``quantize(model, UniformConfig(bits=4))`` then dispatches on the config's type.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..errors import ConfigError
 from ..registry import Registry
+from .config import QuantBase
 
 if TYPE_CHECKING:
     from ..data.core import DataLike
     from .base import QuantParametrization
-    from .config import QuantConfig
-
-QUANTIZERS: Registry[type[Quantizer]] = Registry("quantizer")
-
-WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @dataclass
 class LayerPlan:
-    """One layer to quantize: its name, module, bits and keep-mask (if it was pruned)."""
+    """One tensor to quantize: its name, module, bits, keep-mask (if pruned) and tensor name.
+
+    ``name``: ``"fc1.weight"`` (the adapter's tensor name); ``layer``: the module's name.
+    """
 
     name: str
     module: nn.Module
     bits: int
     keep: torch.Tensor | None = None
+    tensor: str = "weight"
+    layer: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.layer:  # "fc1.weight" of tensor "weight" belongs to layer "fc1"
+            suffix = f".{self.tensor}"
+            self.layer = self.name[: -len(suffix)] if self.name.endswith(suffix) else self.name
 
     @property
     def weight(self) -> torch.Tensor:
-        """The effective weight (after any mask), detached."""
-        return self.module.weight.detach()
+        """The effective tensor (after any mask), detached."""
+        return getattr(self.module, self.tensor).detach()
 
     @property
     def coded(self) -> int:
-        """Weights that take a code: all of them, or the kept ones of a pruned layer."""
+        """Weights that take a code: all of them, or the kept ones of a pruned tensor."""
         return int(self.keep.sum()) if self.keep is not None else self.weight.numel()
 
 
 class Quantizer:
-    """One quantization method. Subclasses set the class attributes and implement ``build``.
+    """One quantization method's behaviour; its options live in its config (``config_type``).
 
-    ``bits_range``: valid bits (inclusive); ``default_bits``: used when none is given;
-    ``needs_data``: calibration data required; ``layer_types``: module classes it handles;
-    ``fixed_bits``: the method has exactly this many bits (binary, ternary);
-    ``finetune_lr``: default fine-tuning learning rate.
+    ``needs_data``: calibration data required. Subclasses implement ``build``.
     """
 
-    bits_range: tuple[int, int] = (1, 8)
-    default_bits: int = 8
-    fixed_bits: bool = False
-    finetune_lr: float = 0.01
+    config_type: type[QuantBase] = QuantBase
     needs_data: bool = False
-    layer_types: tuple[type[nn.Module], ...] = WEIGHT_LAYERS
 
-    def check(self, layer: LayerPlan, config: QuantConfig) -> None:
+    def supported(self) -> list[str]:
+        """Layer types whose tensors this method quantizes: the adapter's whole table."""
+        from ..models.adapters import supported_types
+
+        return supported_types()
+
+    def check(self, layer: LayerPlan, config: QuantBase) -> None:
         """Raise a :class:`BrainsurgeonError` if ``layer`` cannot be quantized as configured."""
 
-    def build(self, layer: LayerPlan, config: QuantConfig) -> QuantParametrization:
+    def build(self, layer: LayerPlan, config: QuantBase) -> QuantParametrization:
         raise NotImplementedError
 
     def apply(
         self,
         model: nn.Module,
         layers: list[LayerPlan],
-        config: QuantConfig,
+        config: QuantBase,
         data: DataLike | None,
-    ) -> None:
-        """Quantize every planned layer (``model`` and ``data`` serve methods with statistics)."""
+        device: torch.device,
+    ) -> dict[str, Any]:
+        """Quantize every planned tensor; returns notes for the result (e.g. fallbacks)."""
         for layer in layers:
-            attach(layer.module, self.build(layer, config))
+            attach(layer, self.build(layer, config))
+        return {}
 
 
-def attach(module: nn.Module, param: QuantParametrization) -> None:
-    """Append ``param`` to the parametrization chain of ``module.weight``."""
-    parametrize.register_parametrization(module, "weight", param)
+@dataclass(frozen=True)
+class QuantMethod:
+    """A registered method: its name, config type and handler."""
+
+    name: str
+    config: type[QuantBase]
+    handler: Quantizer
+
+
+QUANTIZERS: Registry[QuantMethod] = Registry("quantizer")
+HANDLERS: dict[type[QuantBase], Quantizer] = {}
+DEFAULT_METHOD = "kmeans"
+
+
+def register_quantizer(config: type[QuantBase], description: str):
+    """Class decorator: register a :class:`Quantizer` subclass for ``config`` (its name is
+    ``config.METHOD``)."""
+
+    def deco(cls: type[Quantizer]) -> type[Quantizer]:
+        if not config.METHOD:
+            raise ValueError(f"{config.__name__} must set METHOD, the method's name")
+        handler = cls()
+        QUANTIZERS.register(config.METHOD, description)(QuantMethod(config.METHOD, config, handler))
+        HANDLERS[config] = handler
+        cls.config_type = config
+        return cls
+
+    return deco
+
+
+def handler_for(config: Any) -> Quantizer:
+    """The handler registered for ``type(config)``; a clear error for anything else."""
+    for cls in type(config).__mro__:
+        if cls in HANDLERS:
+            return HANDLERS[cls]
+    valid = ", ".join(QUANTIZERS.get(n).config.__name__ for n in QUANTIZERS)
+    raise ConfigError(
+        f"quantize needs a method config ({valid}), got {type(config).__name__}; build one by "
+        "name with brainsurgeon.quantization.quant_config('kmeans', bits=5)"
+    )
+
+
+def attach(layer: LayerPlan, param: QuantParametrization) -> None:
+    """Append ``param`` to the parametrization chain of ``layer.module.<layer.tensor>``."""
+    parametrize.register_parametrization(layer.module, layer.tensor, param)

@@ -56,7 +56,7 @@ def check_block_width(layer: LayerPlan, width: int, method: str) -> int:
         raise ConfigError(
             f"{method} block width {width} does not divide the {fan_in} input columns of "
             f"{layer.name}; choose a divisor, e.g. --block-width "
-            f"{', '.join(map(str, divisors[:8]))} (or skip the layer)"
+            f"{', '.join(map(str, divisors[:8]))} (or exclude the tensor)"
         )
     return fan_in // width
 
@@ -69,5 +69,5 @@ def check_codebook_size(layer: LayerPlan, vectors: int, method: str) -> None:
         raise ConfigError(
             f"{method} with {layer.bits} bits needs k={k} centroids but {layer.name} has only "
             f"{vectors} vectors per codebook; use at most {most} bits there "
-            f"(e.g. --per-layer-bits {layer.name}={most}) or skip it"
+            f"(e.g. --per-layer-bits {layer.name}={most}) or exclude it"
         )

@@ -172,7 +172,7 @@ def _step(kind, options, seed, model, data, device, progress, compression) -> di
     elif kind == "quantize":
         from ..quantization import quantize
 
-        result = quantize(model, cfg, data, progress=progress)
+        result = quantize(model, cfg, data, device=device, progress=progress)
         record.update(result.summary())
         compression["quantization"] = result.summary()
     ev = evaluate(model, data, split=cfg["split"] if kind == "evaluate" else "test")

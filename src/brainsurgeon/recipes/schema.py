@@ -10,7 +10,7 @@
     steps:                        # in order; each is one of the kinds below
       - train: {epochs: 30, lr: 0.05}              # TrainConfig fields
       - prune: {criterion: obd, amount: 0.8}       # PruneConfig fields
-      - quantize: {method: kmeans, bits: 5}        # QuantConfig fields
+      - quantize: {method: kmeans, bits: 5}        # method + its config's fields
       - finetune: {epochs: 2}                      # TrainConfig fields (lr 0.005, step decay)
       - evaluate: {split: test}
     report: true                  # write report.html
@@ -230,9 +230,19 @@ def _check_step(r: Recipe, i: int, step: Any) -> None:
 
 
 def step_fields(kind: str) -> dict[str, Any]:
-    """Field name -> type hint of a step kind's options."""
+    """Field name -> type hint of a step kind's options (quantize: ``method`` and the fields
+    of every method's config; the chosen method's config then refuses the others)."""
     if kind == "evaluate":
         return dict(EVALUATE_FIELDS)
+    if kind == "quantize":
+        from ..quantization import QUANTIZERS
+
+        out: dict[str, Any] = {"method": str}
+        for name in QUANTIZERS:
+            cls = QUANTIZERS.get(name).config
+            hints = typing.get_type_hints(cls)
+            out.update({f.name: hints[f.name] for f in dataclasses.fields(cls)})
+        return out
     cls = config_class(kind)
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -247,9 +257,7 @@ def config_class(kind: str):
         from ..pruning import PruneConfig
 
         return PruneConfig
-    from ..quantization import QuantConfig
-
-    return QuantConfig
+    raise ValueError(f"no single config class for step kind {kind!r}")
 
 
 def step_config(kind: str, options: dict[str, Any], *, seed: int):
@@ -259,6 +267,11 @@ def step_config(kind: str, options: dict[str, Any], *, seed: int):
         if split not in ("train", "val", "test"):
             raise RecipeError(f"split must be train, val or test, got {split!r}")
         return {"split": split}
+    if kind == "quantize":
+        from ..quantization import DEFAULT_METHOD, quant_config
+
+        options = {"seed": seed, **options}
+        return quant_config(options.pop("method", DEFAULT_METHOD), **options)
     cls = config_class(kind)
     base = {"seed": seed, **(FINETUNE_DEFAULTS if kind == "finetune" else {})}
     names = {f.name for f in dataclasses.fields(cls)}

@@ -15,18 +15,40 @@ decodes to an exact 0.
 
 from __future__ import annotations
 
-import zlib
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..state import register_parametrization
-from .base import FLOAT_BITS, QuantParametrization
-from .cluster import lloyd, scalar_init
-from .config import QuantConfig
-from .registry import QUANTIZERS, LayerPlan, Quantizer
+from ...errors import ConfigError
+from ...state import register_parametrization
+from ..base import FLOAT_BITS, QuantParametrization
+from ..cluster import layer_seed, lloyd, scalar_init
+from ..config import ClusterOptions, one_of
+from ..registry import LayerPlan, Quantizer, register_quantizer
+
+INITS = ("linear", "random", "density")
+
+
+@dataclass(frozen=True)
+class KMeansConfig(ClusterOptions):
+    """k-means weight sharing, ``k = 2^bits`` centroids per tensor (1..8 bits, default 5).
+
+    ``init``: linear | random | density (Han et al.). Centroid fine-tuning defaults to
+    ``finetune_lr = 1e-4``: a centroid's gradient sums over ~n/k weights.
+    """
+
+    METHOD: ClassVar[str] = "kmeans"
+    BITS: ClassVar[tuple[int, int]] = (1, 8)
+    DEFAULT_BITS: ClassVar[int] = 5
+    FINETUNE_LR: ClassVar[float] = 1e-4
+
+    init: str = "linear"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of("init", self.init, INITS)
 
 
 @register_parametrization("kmeans", "k-means weight sharing: trainable codebook + int16 indices")
@@ -81,32 +103,23 @@ def kmeans_codebook(
     return centroids[:, 0], labels
 
 
-def layer_seed(seed: int, name: str) -> int:
-    """A per-layer seed that is stable across processes."""
-    return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31
-
-
-@QUANTIZERS.register(
-    "kmeans",
+@register_quantizer(
+    KMeansConfig,
     "k-means weight sharing, k = 2^bits centroids per layer, "
     "linear/random/density init, centroid fine-tuning (Deep Compression)",
 )
 class KMeans(Quantizer):
-    bits_range = (1, 8)
-    default_bits = 5
-    finetune_lr = 1e-4
-
-    def check(self, layer: LayerPlan, config: QuantConfig) -> None:
+    def check(self, layer: LayerPlan, config: KMeansConfig) -> None:
         k = 2**layer.bits
         if k > layer.coded:
             most = max(layer.coded.bit_length() - 1, 0)
             raise ConfigError(
                 f"kmeans with {layer.bits} bits needs k={k} centroids but {layer.name} has only "
                 f"{layer.coded} weights to cluster; use at most {most} bits there "
-                f"(e.g. --per-layer-bits {layer.name}={most}) or skip it"
+                f"(e.g. --per-layer-bits {layer.name}={most}) or exclude it"
             )
 
-    def build(self, layer: LayerPlan, config: QuantConfig) -> KMeansQuant:
+    def build(self, layer: LayerPlan, config: KMeansConfig) -> KMeansQuant:
         weight, k = layer.weight.float(), 2**layer.bits
         keep = torch.ones_like(weight, dtype=torch.bool) if layer.keep is None else layer.keep
         codebook, labels = kmeans_codebook(

@@ -13,17 +13,28 @@ construction). A weight pruned before quantizing is held at 0 by a ``keep`` buff
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from ..state import register_parametrization
-from .base import as_matrix
-from .cluster import vector_kmeans
-from .config import QuantConfig
-from .kmeans import layer_seed
-from .registry import QUANTIZERS, LayerPlan, Quantizer
-from .vectors import CodebookQuant, check_block_width, check_codebook_size
+from ...state import register_parametrization
+from ..base import as_matrix
+from ..cluster import layer_seed, vector_kmeans
+from ..config import VectorOptions
+from ..registry import LayerPlan, Quantizer, register_quantizer
+from ..vectors import CodebookQuant, check_block_width, check_codebook_size
+
+
+@dataclass(frozen=True)
+class ProductConfig(VectorOptions):
+    """Product quantization, ``k = 2^bits`` centroids per column block (1..12 bits, default 8);
+    codebook fine-tuning defaults to ``finetune_lr = 1e-3``."""
+
+    METHOD: ClassVar[str] = "product"
+    BITS: ClassVar[tuple[int, int]] = (1, 12)
+    DEFAULT_BITS: ClassVar[int] = 8
+    FINETUNE_LR: ClassVar[float] = 1e-3
 
 
 @register_parametrization("product", "product quantization: s codebooks of k sub-vectors + indices")
@@ -49,21 +60,17 @@ class ProductQuant(CodebookQuant):
         return cls(torch.zeros(s, k, d), idx, config["bits"], keep)
 
 
-@QUANTIZERS.register(
-    "product",
+@register_quantizer(
+    ProductConfig,
     "product quantization: k-means the rows of each column block "
     "of width --block-width (Gong et al. 2014)",
 )
 class Product(Quantizer):
-    bits_range = (1, 12)
-    default_bits = 8
-    finetune_lr = 1e-3
-
-    def check(self, layer: LayerPlan, config: QuantConfig) -> None:
+    def check(self, layer: LayerPlan, config: ProductConfig) -> None:
         check_block_width(layer, config.block_width, "product quantization")
         check_codebook_size(layer, layer.weight.shape[0], "product quantization")
 
-    def build(self, layer: LayerPlan, config: QuantConfig) -> ProductQuant:
+    def build(self, layer: LayerPlan, config: ProductConfig) -> ProductQuant:
         d, k = config.block_width, 2**layer.bits
         w = as_matrix(layer.weight.float())
         m, s = w.shape[0], w.shape[1] // d

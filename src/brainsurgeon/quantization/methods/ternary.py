@@ -8,12 +8,13 @@ plus one float per channel: about 16x smaller. Trained through a straight-throug
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from ..state import register_parametrization
-from .base import (
+from ...state import register_parametrization
+from ..base import (
     FLOAT_BITS,
     QuantParametrization,
     channel_view,
@@ -21,10 +22,19 @@ from .base import (
     reduce_channels,
     ste,
 )
-from .config import QuantConfig
-from .registry import QUANTIZERS, LayerPlan, Quantizer
+from ..config import ScaleOptions
+from ..registry import LayerPlan, Quantizer, register_quantizer
 
 THRESHOLD = 0.7
+
+
+@dataclass(frozen=True)
+class TernaryConfig(ScaleOptions):
+    """Ternary weights, stored as 2-bit codes (``bits`` may only be 2)."""
+
+    METHOD: ClassVar[str] = "ternary"
+    BITS: ClassVar[tuple[int, int]] = (2, 2)
+    DEFAULT_BITS: ClassVar[int] = 2
 
 
 @register_parametrization("ternary", "ternary weights (TWN): alpha * sign(W) * 1[|W| > delta]")
@@ -57,7 +67,9 @@ class TernaryQuant(QuantParametrization):
         return self.alpha.numel() * FLOAT_BITS
 
 
-def ternary_params(weight: torch.Tensor, keep: torch.Tensor | None, per_channel: bool):
+def ternary_params(
+    weight: torch.Tensor, keep: torch.Tensor | None, per_channel: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(alpha, delta)`` per channel ``(out,)`` or per tensor ``(1,)`` over kept weights."""
     rows = reduce_channels(weight.float(), per_channel)
     keep = None if keep is None else reduce_channels(keep, per_channel)
@@ -67,16 +79,11 @@ def ternary_params(weight: torch.Tensor, keep: torch.Tensor | None, per_channel:
     return alpha, delta
 
 
-@QUANTIZERS.register(
-    "ternary",
+@register_quantizer(
+    TernaryConfig,
     "ternary weights {-a, 0, +a}, threshold 0.7 mean|W| (TWN); QAT by straight-through estimator",
 )
 class Ternary(Quantizer):
-    bits_range = (2, 2)
-    default_bits = 2
-    fixed_bits = True
-
-    def build(self, layer: LayerPlan, config: QuantConfig) -> TernaryQuant:
-        per_channel = config.granularity == "per-channel"
-        alpha, delta = ternary_params(layer.weight, layer.keep, per_channel)
+    def build(self, layer: LayerPlan, config: TernaryConfig) -> TernaryQuant:
+        alpha, delta = ternary_params(layer.weight, layer.keep, config.per_channel)
         return TernaryQuant(alpha, delta, layer.coded)

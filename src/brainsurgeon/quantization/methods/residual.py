@@ -13,16 +13,34 @@ Codebooks are ``nn.Parameter`` s; a pruned weight is held at 0 by a ``keep`` buf
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from ..state import register_parametrization
-from .cluster import vector_kmeans
-from .config import QuantConfig
-from .kmeans import layer_seed
-from .registry import QUANTIZERS, LayerPlan, Quantizer
-from .vectors import CodebookQuant, check_block_width, check_codebook_size
+from ...errors import check_positive_int
+from ...state import register_parametrization
+from ..cluster import layer_seed, vector_kmeans
+from ..config import VectorOptions
+from ..registry import LayerPlan, Quantizer, register_quantizer
+from ..vectors import CodebookQuant, check_block_width, check_codebook_size
+
+
+@dataclass(frozen=True)
+class ResidualConfig(VectorOptions):
+    """Residual quantization: ``stages`` t rounds of k-means, ``k = 2^bits`` (1..12 bits,
+    default 4); codebook fine-tuning defaults to ``finetune_lr = 1e-4``."""
+
+    METHOD: ClassVar[str] = "residual"
+    BITS: ClassVar[tuple[int, int]] = (1, 12)
+    DEFAULT_BITS: ClassVar[int] = 4
+    FINETUNE_LR: ClassVar[float] = 1e-4
+
+    stages: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_int("stages", self.stages)
 
 
 @register_parametrization("residual", "residual quantization: t stacked codebooks on residuals")
@@ -61,21 +79,17 @@ def residual_codebooks(
     return torch.stack(books), torch.stack(labels)
 
 
-@QUANTIZERS.register(
-    "residual",
+@register_quantizer(
+    ResidualConfig,
     "residual quantization: --stages rounds of k-means on the "
     "residuals of sub-vectors of width --block-width",
 )
 class Residual(Quantizer):
-    bits_range = (1, 12)
-    default_bits = 4
-    finetune_lr = 1e-4
-
-    def check(self, layer: LayerPlan, config: QuantConfig) -> None:
+    def check(self, layer: LayerPlan, config: ResidualConfig) -> None:
         blocks = check_block_width(layer, config.block_width, "residual quantization")
         check_codebook_size(layer, layer.weight.shape[0] * blocks, "residual quantization")
 
-    def build(self, layer: LayerPlan, config: QuantConfig) -> ResidualQuant:
+    def build(self, layer: LayerPlan, config: ResidualConfig) -> ResidualQuant:
         d = config.block_width
         x = layer.weight.float().reshape(-1, d)
         books, idx = residual_codebooks(

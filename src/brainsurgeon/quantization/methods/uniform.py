@@ -10,16 +10,26 @@ estimator (QAT): the forward pass sees ``w_hat``, the gradient reaches the float
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from ..state import register_parametrization
-from .base import FLOAT_BITS, QuantParametrization, channel_view, reduce_channels, ste
-from .config import QuantConfig
-from .registry import QUANTIZERS, LayerPlan, Quantizer
+from ...state import register_parametrization
+from ..base import FLOAT_BITS, QuantParametrization, channel_view, reduce_channels, ste
+from ..config import GridOptions
+from ..registry import LayerPlan, Quantizer, register_quantizer
 
 MSE_GRID = 64  # candidate clipping ratios searched by range="mse"
+
+
+@dataclass(frozen=True)
+class UniformConfig(GridOptions):
+    """Uniform affine n-bit quantization, 2..8 bits (default 8)."""
+
+    METHOD: ClassVar[str] = "uniform"
+    BITS: ClassVar[tuple[int, int]] = (2, 8)
+    DEFAULT_BITS: ClassVar[int] = 8
 
 
 def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -29,7 +39,9 @@ def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
-def grid(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool):
+def grid(
+    lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point ``(C,)`` covering ``[lo, hi]`` (widened to contain 0)."""
     qmin, qmax = code_range(bits, symmetric)
     lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
@@ -42,13 +54,17 @@ def grid(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool):
     return scale, zero
 
 
-def fake_quantize(w, scale, zero, bits: int, symmetric: bool) -> torch.Tensor:
+def fake_quantize(
+    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, symmetric: bool
+) -> torch.Tensor:
     """``w_hat = (clamp(round(w / s) + z) - z) * s`` with ``s, z`` broadcast per channel."""
     qmin, qmax = code_range(bits, symmetric)
     return (torch.clamp(torch.round(w / scale) + zero, qmin, qmax) - zero) * scale
 
 
-def weight_range(rows: torch.Tensor, keep: torch.Tensor | None, config: QuantConfig, bits: int):
+def weight_range(
+    rows: torch.Tensor, keep: torch.Tensor | None, config: GridOptions, bits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(lo, hi)`` per row of ``rows (C, m)`` by ``config.range`` over the kept entries."""
     if config.range == "minmax":
         return rows.min(dim=1).values, rows.max(dim=1).values
@@ -65,7 +81,9 @@ def weight_range(rows: torch.Tensor, keep: torch.Tensor | None, config: QuantCon
     return _mse_range(rows, keep, bits, config.symmetric)
 
 
-def _mse_range(rows, keep, bits: int, symmetric: bool):
+def _mse_range(
+    rows: torch.Tensor, keep: torch.Tensor | None, bits: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Clip ``[a lo, a hi]`` with the ratio ``a`` in (0, 1] that minimises the squared error."""
     lo, hi = rows.min(dim=1).values, rows.max(dim=1).values
     weight = torch.ones_like(rows) if keep is None else keep.to(rows.dtype)
@@ -84,12 +102,13 @@ def _mse_range(rows, keep, bits: int, symmetric: bool):
     return best_lo, best_hi
 
 
-def fit_grid(layer: LayerPlan, config: QuantConfig, bits: int, *, symmetric: bool | None = None):
-    """Scale and zero point ``(C,)`` for ``layer`` under ``config`` (C = out channels or 1)."""
+def fit_grid(
+    layer: LayerPlan, config: GridOptions, bits: int, *, symmetric: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point ``(C,)`` for ``layer`` under ``config`` (C = rows or 1)."""
     symmetric = config.symmetric if symmetric is None else symmetric
-    per_channel = config.granularity == "per-channel"
-    rows = reduce_channels(layer.weight.float(), per_channel)
-    keep = None if layer.keep is None else reduce_channels(layer.keep, per_channel)
+    rows = reduce_channels(layer.weight.float(), config.per_channel)
+    keep = None if layer.keep is None else reduce_channels(layer.keep, config.per_channel)
     lo, hi = weight_range(rows, keep, config.replace(symmetric=symmetric), bits)
     return grid(lo, hi, bits, symmetric)
 
@@ -140,15 +159,12 @@ class UniformQuant(QuantParametrization):
         return self.scale.numel() * (FLOAT_BITS + zero_bits)
 
 
-@QUANTIZERS.register(
-    "uniform",
+@register_quantizer(
+    UniformConfig,
     "uniform affine n-bit (2-8), per-tensor/per-channel, "
     "minmax/percentile/mse range, QAT by straight-through estimator",
 )
 class Uniform(Quantizer):
-    bits_range = (2, 8)
-    default_bits = 8
-
-    def build(self, layer: LayerPlan, config: QuantConfig) -> UniformQuant:
+    def build(self, layer: LayerPlan, config: UniformConfig) -> UniformQuant:
         scale, zero = fit_grid(layer, config, layer.bits)
         return UniformQuant(scale, zero, layer.bits, config.symmetric, layer.coded)

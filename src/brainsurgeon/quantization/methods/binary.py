@@ -7,12 +7,13 @@ straight-through estimator. A pruned weight (0) stays 0: ``sign(0) = 0``.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from ..state import register_parametrization
-from .base import (
+from ...state import register_parametrization
+from ..base import (
     FLOAT_BITS,
     QuantParametrization,
     channel_view,
@@ -20,8 +21,17 @@ from .base import (
     reduce_channels,
     ste,
 )
-from .config import QuantConfig
-from .registry import QUANTIZERS, LayerPlan, Quantizer
+from ..config import ScaleOptions
+from ..registry import LayerPlan, Quantizer, register_quantizer
+
+
+@dataclass(frozen=True)
+class BinaryConfig(ScaleOptions):
+    """Binary weights; one bit per weight (``bits`` may only be 1), ``granularity`` of alpha."""
+
+    METHOD: ClassVar[str] = "binary"
+    BITS: ClassVar[tuple[int, int]] = (1, 1)
+    DEFAULT_BITS: ClassVar[int] = 1
 
 
 @register_parametrization("binary", "binary weights: alpha * sign(W), alpha per channel or tensor")
@@ -51,23 +61,21 @@ class BinaryQuant(QuantParametrization):
         return self.alpha.numel() * FLOAT_BITS
 
 
-def binary_alpha(weight: torch.Tensor, keep: torch.Tensor | None, per_channel: bool):
+def binary_alpha(
+    weight: torch.Tensor, keep: torch.Tensor | None, per_channel: bool
+) -> torch.Tensor:
     """``alpha = mean |W|`` over kept weights, per channel ``(out,)`` or per tensor ``(1,)``."""
     rows = reduce_channels(weight.float(), per_channel)
     keep = None if keep is None else reduce_channels(keep, per_channel)
     return masked_mean_abs(rows, keep)
 
 
-@QUANTIZERS.register(
-    "binary",
+@register_quantizer(
+    BinaryConfig,
     "1-bit weights alpha * sign(W), alpha = mean|W| per channel "
     "(XNOR-Net); QAT by straight-through estimator",
 )
 class Binary(Quantizer):
-    bits_range = (1, 1)
-    default_bits = 1
-    fixed_bits = True
-
-    def build(self, layer: LayerPlan, config: QuantConfig) -> BinaryQuant:
-        per_channel = config.granularity == "per-channel"
-        return BinaryQuant(binary_alpha(layer.weight, layer.keep, per_channel), layer.coded)
+    def build(self, layer: LayerPlan, config: BinaryConfig) -> BinaryQuant:
+        alpha = binary_alpha(layer.weight, layer.keep, config.per_channel)
+        return BinaryQuant(alpha, layer.coded)
