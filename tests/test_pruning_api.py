@@ -294,7 +294,10 @@ def test_bad_inputs_fail_before_touching_the_model(small, digits, tmp_path):
 
 
 def test_model_without_prunable_layers_is_unsupported():
-    with pytest.raises(UnsupportedLayerError, match="has no compressible layer; supported layer types: .*Linear.*register_layout"):
+    with pytest.raises(
+        UnsupportedLayerError,
+        match="has no compressible layer; supported layer types: .*Linear.*register_layout",
+    ):
         prune(nn.Sequential(nn.ReLU()), PruneConfig())
 
 

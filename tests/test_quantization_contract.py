@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from brainsurgeon.data.core import Dataset
 from brainsurgeon.errors import ConfigError, UnsupportedLayerError
@@ -80,9 +81,8 @@ def test_contract(kind, method, tmp_path):
     out = _out(m, data)
     assert not torch.allclose(out, _out(model, data))
     assert result.storage["total"]["bits_per_weight"] < 32
-    if method == "gptq":  # the hooks see the Linear layers; the rest is rounded to nearest
-        solved = {n for n in targets if n == "head.weight" or ".linear" in n}
-        assert set(result.notes["round_to_nearest"]) == set(targets) - solved
+    if method == "gptq":  # every tensor's inputs are collected: none falls back to rounding
+        assert "round_to_nearest" not in result.notes
     # state_dict round trip into a fresh model, deepcopy
     fresh, _ = _model(kind)
     restore(fresh, describe(m))
@@ -114,38 +114,56 @@ def test_bad_options_are_refused_with_the_valid_ones(method):
     assert _untouched(model)
 
 
-@pytest.mark.parametrize(
-    ("kind", "options", "error", "message"),
-    [
-        ("transformer", {}, UnsupportedLayerError, r"gptq cannot quantize embed \(Embedding\)"),
-        ("lstm", {}, UnsupportedLayerError, r"gptq cannot quantize rnn \(LSTM\).*--unhooked rtn"),
-        (  # out_proj is a Linear, but MultiheadAttention uses its weight functionally
-            "transformer",
-            {"exclude": ("embed", "*.self_attn")},
-            UnsupportedLayerError,
-            r"self_attn.out_proj \(NonDynamicallyQuantizableLinear\): no forward hook",
-        ),
-    ],
-)
-def test_gptq_refuses_tensors_its_hooks_cannot_see_before_changing_anything(
-    kind, options, error, message
-):
-    model, data = _model(kind)
-    with pytest.raises(error, match=message):
-        quantize(model, quant_config("gptq", samples=32, **options), data)
-    assert _untouched(model)
+class _TwoLayerLSTM(nn.Module):
+    """Layer-input statistics of ``weight_hh_l1`` need layer 0's outputs: not collected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 8, num_layers=2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
 
 
-def test_gptq_rounds_unhooked_tensors_to_nearest_and_says_so():
-    model, data = _model("transformer")
-    with pytest.warns(UserWarning, match="gptq rounded 3 tensor.*embed.weight"):
+def test_gptq_refuses_tensors_whose_inputs_it_cannot_collect_before_changing_anything():
+    _, data = _model("lstm")
+    torch.manual_seed(0)
+    model = _TwoLayerLSTM()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(
+        UnsupportedLayerError, match=r"gptq cannot quantize rnn \(LSTM\).*single-layer"
+    ):
+        quantize(model, quant_config("gptq", samples=32), data)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(parametrizations_of(model.rnn, t) for t in ("weight_ih_l0", "weight_hh_l1"))
+
+
+def test_gptq_rounds_what_it_cannot_collect_to_nearest_and_says_so():
+    _, data = _model("lstm")
+    torch.manual_seed(0)
+    model = _TwoLayerLSTM()
+    with pytest.warns(UserWarning, match="gptq rounded 4 tensor.*rnn.weight_ih_l0"):
         result = quantize(model, quant_config("gptq", samples=32, unhooked="rtn"), data)
     assert result.notes["round_to_nearest"] == [
-        "embed.weight",
-        "encoder.layers.0.self_attn.in_proj_weight",
-        "encoder.layers.0.self_attn.out_proj.weight",
+        f"rnn.weight_{k}_l{i}" for i in (0, 1) for k in ("ih", "hh")
     ]
     assert result.summary()["round_to_nearest"] == result.notes["round_to_nearest"]
+
+
+def test_gptq_beats_rounding_on_attention_and_embeddings():
+    """Where the hooks cannot see (out_proj) the recomputed context still gives GPTQ its
+    error feedback: the model's outputs stay closer than round-to-nearest's at 3 bits."""
+    model, data = _model("transformer")
+    ref = _out(model, data)
+    errors = {}
+    for method in ("gptq", "uniform"):
+        m = copy.deepcopy(model)
+        quantize(
+            m, quant_config(method, bits=3, **({"samples": 64} if method == "gptq" else {})), data
+        )
+        errors[method] = float((_out(m, data) - ref).pow(2).mean())
+    assert errors["gptq"] < errors["uniform"]
 
 
 def test_product_refuses_a_codebook_larger_than_a_tensor_naming_it():

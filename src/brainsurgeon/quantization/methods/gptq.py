@@ -7,16 +7,17 @@ Tensors are processed in order, each seeing the inputs of the already-quantized 
 it. The result lies on the same per-channel uniform grid as round-to-nearest, so it is
 stored as a :class:`UniformQuant` over the solved weights.
 
-``X`` is collected by a forward hook, which sees the inputs of Linear and (ungrouped) Conv2d
-weights only when the module is called. Other tensors (LSTM/GRU weights, the packed
-``in_proj_weight`` of attention, embeddings, a Linear its parent uses functionally such as
-``MultiheadAttention.out_proj``) are refused by default, naming them; ``unhooked="rtn"``
-rounds them to nearest on the same grid instead and the result lists them.
+``X`` is collected by forward hooks through the layer-input rules of
+:mod:`brainsurgeon.curvature.layer_inputs`: Linear, ungrouped Conv2d, single-layer LSTM/GRU,
+self-attention ``in_proj_weight`` and ``MultiheadAttention.out_proj`` (from the recomputed
+context). An embedding's inputs are one-hot, so its ``H`` is diagonal and GPTQ equals
+round-to-nearest, which is what it gets. Tensors whose inputs no rule can collect (a
+2-layer LSTM, cross-attention, grouped convs) are refused by default, naming them, before
+anything changes; ``unhooked="rtn"`` rounds them to nearest instead and the result lists them.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -24,10 +25,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ...curvature.layer_inputs import INPUT_ROWS, LayerInputStats
+from ...curvature.layer_inputs import INPUT_RULES, LayerInputStats, hooks_visible, input_owner
 from ...data.core import DataLike, Dataset, as_dataset
 from ...errors import ConfigError, UnsupportedLayerError, check_positive_int
-from ...models.adapters import layer_kind
+from ...models.adapters import layer_kind, layout_of
 from ...state import original
 from ...utils import preserved_modes
 from ..base import as_matrix
@@ -64,21 +65,26 @@ class GPTQConfig(GridOptions):
 
 def solver():
     """The pure GPTQ solver ``gptq(W, H, quant, damp=, keep=) -> W_q``."""
-    if importlib.util.find_spec("brainsurgeon.solvers") is not None:  # after the package move
-        from ...solvers import gptq
-    else:
-        from ...pruning.solvers import gptq
+    from ...solvers import gptq
+
     return gptq
+
+
+def _stats(model: nn.Module, layer: LayerPlan) -> LayerInputStats:
+    owner = input_owner(model, layer.module)
+    return LayerInputStats(
+        layer.module, layer.name, torch.float64, tensor=layer.tensor, owner=owner
+    )
 
 
 @torch.no_grad()
 def input_hessian(
-    model: nn.Module, module: nn.Module, calib: Dataset, device: torch.device, batch_size: int = 256
+    model: nn.Module, layer: LayerPlan, calib: Dataset, device: torch.device, batch_size: int = 256
 ) -> torch.Tensor:
-    """``H = 2 X X^T / N`` (float64, ``(cols, cols)``) of ``module``'s inputs over ``calib``."""
-    stats = LayerInputStats(module, dtype=torch.float64).attach()
+    """``H = 2 X X^T / N`` (float64, ``(cols, cols)``) of the tensor's inputs over ``calib``."""
+    stats = _stats(model, layer).attach()
     try:
-        with preserved_modes(model, "eval"):
+        with preserved_modes(model, "eval"), hooks_visible():
             for x, _ in calib.batches(batch_size, device=device):
                 model(x)
     finally:
@@ -87,32 +93,41 @@ def input_hessian(
 
 
 def _hookable(layer: LayerPlan) -> str | None:
-    """None if a forward hook on the module sees this tensor's inputs, else why not."""
+    """None if the tensor's layer inputs can be collected (an input rule exists), else why."""
     module = layer.module
-    if layer.tensor != "weight" or not any(c in INPUT_ROWS for c in type(module).__mro__):
-        kinds = ", ".join(c.__name__ for c in INPUT_ROWS)
+    if layout_of(module, layer.tensor).in_axis is None:
+        return f"gptq solves weight matrices; {layer.name} is a bias"
+    if not any(c in INPUT_RULES for c in type(module).__mro__):
+        kinds = ", ".join(c.__name__ for c in INPUT_RULES)
         return f"gptq needs the layer inputs of {layer.name} and collects them for {kinds} weights"
     if isinstance(module, nn.Conv2d) and module.groups != 1:
         return f"gptq handles ungrouped convolutions only; {layer.layer} has groups={module.groups}"
     return None
 
 
+def _diagonal(layer: LayerPlan) -> bool:
+    """Embedding rows see one-hot inputs: ``H`` is diagonal, so GPTQ is round-to-nearest."""
+    return isinstance(layer.module, nn.Embedding | nn.EmbeddingBag)
+
+
 @torch.no_grad()
-def _unseen(model: nn.Module, layers: list[LayerPlan], calib: Dataset, device) -> list[LayerPlan]:
-    """The planned tensors whose module is never called on one calibration batch (e.g. a Linear
-    its parent uses functionally, like ``MultiheadAttention.out_proj``)."""
-    seen: set[int] = set()
-    handles = [
-        layer.module.register_forward_hook(lambda m, i, o: seen.add(id(m))) for layer in layers
-    ]
-    try:
-        with preserved_modes(model, "eval"):
-            x, _ = next(iter(calib.batches(8, device=device)))
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return [layer for layer in layers if id(layer.module) not in seen]
+def _unseen(model: nn.Module, layers: list[LayerPlan], calib: Dataset, device) -> dict[int, str]:
+    """Why each planned tensor's inputs cannot be collected on one calibration batch (its
+    hook never runs, or its input rule refuses the call, e.g. a 2-layer LSTM); absent: fine."""
+    x, _ = next(iter(calib.batches(8, device=device)))
+    why: dict[int, str] = {}
+    for layer in layers:
+        stats = _stats(model, layer).attach()
+        try:
+            with preserved_modes(model, "eval"), hooks_visible():
+                model(x)
+        except UnsupportedLayerError as err:
+            why[id(layer)] = str(err)
+        finally:
+            stats.detach()
+        if id(layer) not in why and stats.count_ == 0:
+            why[id(layer)] = "no forward hook sees its inputs"
+    return why
 
 
 def _refuse(layer: LayerPlan, why: str) -> UnsupportedLayerError:
@@ -132,7 +147,7 @@ class GPTQ(Quantizer):
     needs_data = True
 
     def supported(self) -> list[str]:
-        return [c.__name__ for c in INPUT_ROWS]
+        return [c.__name__ for c in INPUT_RULES]
 
     def check(self, layer: LayerPlan, config: GPTQConfig) -> None:
         why = _hookable(layer)
@@ -153,19 +168,20 @@ class GPTQ(Quantizer):
             )
         calib = as_dataset(data, "train").subset(config.samples, seed=config.seed)
         rtn = [layer for layer in layers if _hookable(layer) is not None]
-        hooked = [layer for layer in layers if _hookable(layer) is None]
-        unseen = _unseen(model, hooked, calib, device) if hooked else []
+        hooked = [layer for layer in layers if _hookable(layer) is None and not _diagonal(layer)]
+        unseen = _unseen(model, hooked, calib, device) if hooked else {}
         if unseen and config.unhooked == "error":  # refused before anything changes
-            why = "no forward hook on it is called: its parent uses its weight functionally"
-            raise _refuse(unseen[0], why)
-        rtn_ids = {id(layer) for layer in rtn + unseen}
+            first = next(layer for layer in hooked if id(layer) in unseen)
+            raise _refuse(first, unseen[id(first)])
+        rtn_ids = {id(layer) for layer in rtn} | set(unseen)
+        exact_rtn = {id(layer) for layer in layers if _diagonal(layer)}
         solve = solver()
         for layer in layers:
-            if id(layer) in rtn_ids:
+            if id(layer) in rtn_ids | exact_rtn:
                 scale, zero = fit_grid(layer, config, layer.bits)
                 attach(layer, UniformQuant(scale, zero, layer.bits, config.symmetric, layer.coded))
             else:
-                H = input_hessian(model, layer.module, calib, device)
+                H = input_hessian(model, layer, calib, device)
                 self.solve_layer(layer, H, config, solve)
         names = [layer.name for layer in layers if id(layer) in rtn_ids]
         if names:
