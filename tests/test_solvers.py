@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from brainsurgeon.errors import ConfigError, NumericalError
-from brainsurgeon.pruning.solvers import (
+from brainsurgeon.solvers import (
     damped_inverse_cholesky,
     gptq,
     layer_obs_update,

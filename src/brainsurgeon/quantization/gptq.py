@@ -16,6 +16,7 @@ from torch import nn
 from ..curvature.layer_inputs import INPUT_ROWS, LayerInputStats
 from ..data.core import DataLike, as_dataset
 from ..errors import ConfigError, UnsupportedLayerError
+from ..solvers import gptq as solve
 from ..state import original
 from .base import as_matrix
 from .config import QuantConfig
@@ -63,8 +64,6 @@ class GPTQ(Quantizer):
             raise ConfigError(
                 "gptq needs calibration data; pass data=... (the CLI uses the run's training data)"
             )
-        from ..pruning.solvers import gptq as solve
-
         calib = as_dataset(data, "train").subset(config.samples, seed=config.seed)
         for layer in layers:
             H = input_hessian(model, layer.module, calib)
