@@ -36,7 +36,7 @@ def inverse_from_gram(gram: Tensor, n: int, lam: float) -> Tensor:
 
 def inverse_from_vectors(G: Tensor, n: int, lam: float) -> Tensor:
     """``(lam I + G^T G / n)^-1 = (I - G^T (n lam I + G G^T)^-1 G) / lam`` for ``G`` (..., k, B)."""
-    k, B = G.shape[-2], G.shape[-1]
+    k = G.shape[-2]
     eye_k = torch.eye(k, dtype=G.dtype, device=G.device)
     L, info = torch.linalg.cholesky_ex(G @ G.mT + (n * lam) * eye_k)
     if bool(info.any()):
