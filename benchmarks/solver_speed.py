@@ -110,7 +110,8 @@ def compare(W, H, X, case: dict, repeats: int) -> dict:
         num_threads=1,
     )
     ref = benchmark.Timer(
-        "f(W, H, *a)", globals={"f": reference_fasterprune, "W": W, "H": H, "a": ref_args},
+        "f(W, H, *a)",
+        globals={"f": reference_fasterprune, "W": W, "H": H, "a": ref_args},
         num_threads=1,
     )
     ours.timeit(1), ref.timeit(1)  # warm-up

@@ -120,7 +120,7 @@ class WoodburyInverse:
 
     ``C = (1/N) sum_v v v^T`` with ``N = n_samples``; ``lam = rel_damp * mean(diag C) + damp``
     (defaults: :func:`damping`) is fixed when the inverse is read, after every vector.
-    ``update(vectors (n, P), samples=n)`` adds vectors (``samples`` < n when a sample brings
+    ``update(vectors (n, P))`` adds vectors (``per_sample`` > 1 when each sample brings
     several, as the GGN's output factors do); ``hinv_`` (blocks, B, B) is the fitted inverse;
     ``diagonal()`` and ``remove(weights, keep)`` (the multi-weight OBS update) read it.
     Strategy ``"woodbury"`` keeps the vectors (fewer than ``B`` in all: cheaper, ``O(n B^2)``
@@ -156,15 +156,16 @@ class WoodburyInverse:
         self.count_ = 0
         self.lam_: float | None = None
 
-    def _resolve(self, n: int, samples: int) -> None:
+    def _resolve(self, per_sample: int) -> None:
         if self.strategy == "auto":
-            expected = self.n_samples * n / max(samples, 1)
+            expected = self.n_samples * per_sample
             self.strategy = "woodbury" if expected < self.layout.block else "direct"
 
-    def update(self, vectors: Tensor, chunk: int = 64, samples: int | None = None) -> None:
-        """Add ``vectors`` (n, P), gathered into blocks ``chunk`` rows at a time."""
+    def update(self, vectors: Tensor, chunk: int = 64, per_sample: int = 1) -> None:
+        """Add ``vectors`` (n, P), gathered into blocks ``chunk`` rows at a time;
+        ``per_sample``: vectors each sample brings in all (for the ``"auto"`` strategy)."""
         n = int(vectors.shape[0])
-        self._resolve(n, n if samples is None else int(samples))
+        self._resolve(per_sample)
         self._sumsq += float(vectors.double().pow(2).sum())
         for start in range(0, n, chunk):
             g = self.layout.gather(vectors[start : start + chunk]).transpose(0, 1)
@@ -321,13 +322,13 @@ class InverseFisher:
         parts = [sample.g[name].dense().g.reshape(sample.n, -1) for name in self.layout.shapes]
         return torch.cat(parts, dim=1)
 
-    def _ggn_vectors(self, x: Tensor, y: Tensor) -> Tensor:
-        """(n * K, P): ``J_n^T s_nk`` for every sample ``n`` and factor column ``k``."""
+    def _update_ggn(self, x: Tensor, y: Tensor) -> None:
+        """Feed ``J_n^T s_nk`` (n, P) for each factor column ``k`` in turn."""
         with torch.no_grad():
             z = self.model(x)
         factor = output_factor(self.loss_fn, z, y)  # (n, C, K)
-        per_k = [self._flat(x, factor[:, :, k]) for k in range(factor.shape[2])]
-        return torch.stack(per_k, dim=1).flatten(0, 1)
+        for k in range(factor.shape[2]):
+            self.inverse.update(self._flat(x, factor[:, :, k]), per_sample=factor.shape[2])
 
     def update(self, x: Tensor, y: Tensor) -> None:
         for start in range(0, int(x.shape[0]), self.chunk_size):
@@ -335,7 +336,7 @@ class InverseFisher:
             if self.hessian == "fisher":
                 self.inverse.update(self._flat(xs, ys))
             else:
-                self.inverse.update(self._ggn_vectors(xs, ys), samples=int(xs.shape[0]))
+                self._update_ggn(xs, ys)
 
     def result(self) -> WoodburyInverse:
         return self.inverse
