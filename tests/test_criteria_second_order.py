@@ -167,9 +167,10 @@ def test_obd_sd_statistics_relate_as_documented(small):
 @pytest.mark.parametrize(
     ("options", "lam_of"),
     [
-        ({"damp": 1e-2}, lambda F: 1e-2 * F.diagonal().mean()),  # default: relative
+        ({"damp": 1e-2}, lambda F: 1e-2 * F.diagonal().mean()),  # relative
         ({"damp": 0.0, "abs_damp": 1e-3}, lambda F: 1e-3),
         ({"damp": 1e-2, "abs_damp": 1e-3}, lambda F: 1e-2 * F.diagonal().mean() + 1e-3),
+        ({}, lambda F: 0.1 * F.diagonal().mean()),  # the default
     ],
 )
 def test_obs_matches_the_inverse_fisher_by_brute_force(small, options, lam_of):
@@ -177,7 +178,7 @@ def test_obs_matches_the_inverse_fisher_by_brute_force(small, options, lam_of):
     data = Dataset(small.x.double()[:40], small.y[:40])
     targets = {"3.weight": (model[3], "weight")}
     ctx = _ctx(model, data, targets=targets)
-    crit = make_criterion("obs", **options)
+    crit = make_criterion("obs", hessian="fisher", **options)
     scores = crit.scores(ctx)
     grads = []  # per-sample gradients of the per-sample loss, by a plain loop
     for i in range(40):
@@ -197,7 +198,7 @@ def test_obs_matches_the_inverse_fisher_by_brute_force(small, options, lam_of):
     assert torch.all(new[~keep] == 0)
     model[3].weight.grad = None
     # one WoodFisher block covering the tensor is the exact inverse
-    one = make_criterion("obs", block_size=40, **options)
+    one = make_criterion("obs", hessian="fisher", block_size=40, **options)
     assert torch.allclose(
         one.scores(_ctx(model, data, targets=targets))["3.weight"], scores["3.weight"], rtol=1e-8
     )

@@ -88,7 +88,8 @@ def test_ggn_obs_removes_a_set_like_least_squares(problem):
 def test_the_empirical_fisher_is_not_the_hessian_here(problem):
     """The oracle can fail: the default ``hessian="fisher"`` misses the true costs."""
     model, X, Y, W_star = problem
-    scores = make_criterion("obs", damp=1e-12).scores(_ctx(model, X, Y))["weight"].numpy()
+    crit = make_criterion("obs", hessian="fisher", damp=1e-12)
+    scores = crit.scores(_ctx(model, X, Y))["weight"].numpy()
     removed = np.zeros((C, D), dtype=bool)
     removed[0, 0] = True
     true = _loss(_resolved(W_star, X, Y, removed), X, Y) - _loss(W_star, X, Y)

@@ -30,11 +30,11 @@ from ..errors import ConfigError, NumericalError, check_positive_int
 from ..solvers import inverse_from_gram, inverse_from_vectors, obs_remove_set
 from .backend import PerSampleBackend
 from .layers import Targets
-from .outputs import LossFn, output_factor
+from .outputs import LossFn, check_loss, output_factor
 
 HESSIANS = ("fisher", "ggn")
 _TEMP_BYTES = 64 * 2**20  # blocks are inverted / solved this many bytes of (B, B) at a time
-REL_DAMP = 1e-3  # default lam / mean(diag C); see benchmarks/pruning_oneshot.py
+REL_DAMP = 0.1  # default lam / mean(diag C); measured in benchmarks/pruning_oneshot.py
 
 
 def damping(damp: float | None, rel_damp: float | None) -> tuple[float, float]:
@@ -280,8 +280,9 @@ class InverseFisher:
     """Accumulator: per-sample curvature vectors of the targets -> :class:`WoodburyInverse`.
 
     ``hessian="fisher"``: the per-sample gradients ``g_n``; ``"ggn"``: the ``K`` vectors
-    ``J_n^T s_nk`` per sample (one backward pass each). ``damp`` is absolute, ``rel_damp`` a
-    fraction of ``mean(diag C)``; see :func:`damping` for the defaults.
+    ``J_n^T s_nk`` per sample (one backward pass each), without the columns that carry less
+    than ``ggn_tol`` of the sample's output-Hessian trace (a confident softmax has few).
+    ``damp`` is absolute, ``rel_damp`` a fraction of ``mean(diag C)``; see :func:`damping`.
     """
 
     what = "the inverse curvature"
@@ -299,10 +300,14 @@ class InverseFisher:
         *,
         rel_damp: float | None = None,
         hessian: str = "fisher",
+        ggn_tol: float = 0.0,
     ) -> None:
         if hessian not in HESSIANS:
             raise ConfigError(f"hessian must be one of {list(HESSIANS)}, got {hessian!r}")
+        if not 0 <= ggn_tol < 1:
+            raise ConfigError(f"ggn_tol must lie in [0, 1) (0 = exact GGN), got {ggn_tol}")
         self.hessian, self.model, self.loss_fn = hessian, model, loss_fn
+        self.ggn_tol = float(ggn_tol)
         self.backend = PerSampleBackend(
             model, targets, loss_fn if hessian == "fisher" else _linear_loss, method
         )
@@ -323,12 +328,20 @@ class InverseFisher:
         return torch.cat(parts, dim=1)
 
     def _update_ggn(self, x: Tensor, y: Tensor) -> None:
-        """Feed ``J_n^T s_nk`` (n, P) for each factor column ``k`` in turn."""
+        """Feed ``J_n^T s_nk`` (n, P) for each factor column ``k`` in turn, leaving out the
+        columns with ``||s_nk||^2 < ggn_tol * sum_k ||s_nk||^2`` (sample n's output trace)."""
         with torch.no_grad():
             z = self.model(x)
+            check_loss(self.loss_fn(z, y), self.what)
         factor = output_factor(self.loss_fn, z, y)  # (n, C, K)
+        norms = factor.pow(2).sum(1)  # (n, K)
+        keep = norms >= self.ggn_tol * norms.sum(1, keepdim=True)
+        per_sample = max(1, math.ceil(int(keep.sum()) / max(len(x), 1)))
         for k in range(factor.shape[2]):
-            self.inverse.update(self._flat(x, factor[:, :, k]), per_sample=factor.shape[2])
+            rows = keep[:, k]
+            if bool(rows.any()):
+                vectors = self._flat(x[rows], factor[rows, :, k])
+                self.inverse.update(vectors, per_sample=per_sample)
 
     def update(self, x: Tensor, y: Tensor) -> None:
         for start in range(0, int(x.shape[0]), self.chunk_size):
