@@ -285,6 +285,8 @@ def test_obs_bad_options_fail_clearly():
         make_criterion("obs", damp=0.0)
     with pytest.raises(ConfigError, match=r"obs hessian must be one of \['fisher', 'ggn'\]"):
         make_criterion("obs", hessian="exact")
+    with pytest.raises(ConfigError, match=r"obs ggn_tol must lie in \[0, 1\)"):
+        make_criterion("obs", ggn_tol=1.0)
     with pytest.raises(ConfigError, match="obs block_size must be 'auto', None"):
         make_criterion("obs", block_size="big")
 

@@ -94,3 +94,30 @@ def test_the_empirical_fisher_is_not_the_hessian_here(problem):
     removed[0, 0] = True
     true = _loss(_resolved(W_star, X, Y, removed), X, Y) - _loss(W_star, X, Y)
     assert abs(scores[0, 0] - true) > 0.05 * true
+
+
+@pytest.mark.parametrize("ggn_tol", [0.0, 1e-3])
+def test_ggn_inverse_is_the_gauss_newton_of_cross_entropy(ggn_tol):
+    """``H = lam I + mean_n J_n^T (diag p_n - p_n p_n^T) J_n``, ``J_n`` by autograd."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4)).double()
+    x, y = torch.randn(30, 6, dtype=torch.float64), torch.randint(0, 4, (30,))
+    w = model[2].weight
+    ctx = SaliencyContext(
+        model=model, targets={"2.weight": (model[2], "weight")}, data=Dataset(x, y), batch_size=7
+    )
+    crit = make_criterion("obs", ggn_tol=ggn_tol, damp=1e-3)
+    got = crit.inverse(ctx).hinv_[0]
+    ggn = torch.zeros(w.numel(), w.numel(), dtype=torch.float64)
+    for n in range(30):
+
+        def out(weight, n=n):
+            h = torch.tanh(model[0](x[n]))
+            return nn.functional.linear(h, weight, model[2].bias)
+
+        J = torch.autograd.functional.jacobian(out, w.detach()).reshape(4, -1)
+        p = torch.softmax(out(w.detach()), 0)
+        ggn += (J.T @ (torch.diag(p) - torch.outer(p, p)) @ J / 30).detach()
+    expect = torch.linalg.inv(1e-3 * ggn.diagonal().mean() * torch.eye(20, dtype=ggn.dtype) + ggn)
+    tol = 1e-8 if ggn_tol == 0 else 2e-2
+    assert torch.allclose(got, expect, rtol=tol, atol=tol * float(expect.abs().max()))
