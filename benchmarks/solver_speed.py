@@ -10,7 +10,8 @@ X X^T / N`` of correlated inputs), timed with ``torch.utils.benchmark`` one call
 and interleaved (the order alternates), so the ratio of each pair is measured side by side
 on a shared machine; the median pair ratio is reported. The reconstruction errors
 ``||(W - W') X^T||^2`` must agree (the masks differ only in ties and the last few entries of
-a block). Writes ``benchmarks/results/solver_speed.json``.
+a block): beyond a relative 1e-3 the script exits 1. Writes
+``benchmarks/results/solver_speed.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from brainsurgeon.solvers import sparsegpt
 from brainsurgeon.utils import environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
+RECON_RTOL = 1e-3  # reconstruction errors must agree this closely (exit 1 otherwise)
 
 
 def reference_fasterprune(W, H, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=0.01):
@@ -134,6 +136,7 @@ def compare(W, H, X, case: dict, repeats: int) -> dict:
         "recon_error_ours": e_ours,
         "recon_error_reference": e_ref,
         "recon_error_relative_difference": (e_ours - e_ref) / e_ref,
+        "recon_error_equal": abs(e_ours - e_ref) <= RECON_RTOL * e_ref,
         "sparsity_ours": float((new == 0).float().mean()),
         "sparsity_reference": float((ref_new == 0).float().mean()),
     }
@@ -173,7 +176,10 @@ def main(argv=None) -> int:
         },
     )
     print(f"wrote {path}", file=sys.stderr)
-    return 0
+    bad = [r for r in results if not r["recon_error_equal"]]
+    for r in bad:
+        print(f"reconstruction errors differ: {r}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
