@@ -8,6 +8,10 @@ momentum 0.9, cosine, 20 epochs) and cached in runs/bench/lenet300-mnist. Criter
 weight update share one scoring per sparsity sweep (scores do not depend on the amount);
 OBS (compensation) and layer-wise OBS (selection inside the solve) run prune() per amount.
 ``true-damage`` is left out: one forward pass per weight is ~266k passes over the data.
+OBS runs with its default options (GGN curvature, damping 0.1 x mean diag, WoodFisher
+blocks chosen from the 1 GiB ``max_memory``: recorded as ``block_size_chosen``), plus one
+row ``obs[fisher-abs1e-7-b512]`` with the options the first version of this benchmark needed
+(empirical Fisher, absolute damping 1e-7, blocks of 512) for a same-model comparison.
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ import torch
 
 from brainsurgeon import runs
 from brainsurgeon._io import write_json
+from brainsurgeon.curvature.inverse import choose_block_size
 from brainsurgeon.data import load_data
 from brainsurgeon.models import build_model
 from brainsurgeon.pruning import CRITERIA, PruneConfig, make_criterion, prune, set_mask
-from brainsurgeon.pruning.criteria.base import Criterion
+from brainsurgeon.pruning.criteria.base import CompensatingCriterion, Solver
 from brainsurgeon.pruning.selection import select_global
-from brainsurgeon.pruning.step import solves_selection
 from brainsurgeon.pruning.targets import eligible_targets
 from brainsurgeon.training import TrainConfig, evaluate, fit
 from brainsurgeon.utils import environment, seed_everything
@@ -41,8 +45,15 @@ AMOUNTS = [0.5, 0.7, 0.8, 0.9, 0.95]
 # Options per criterion for a 266k-weight net: the exact inverse does not fit, so OBS uses
 # WoodFisher blocks; dropout-regression cannot fit 266k coefficients by least squares.
 OPTIONS = {
-    "obs": {"block_size": 512, "damp": 1e-7},  # damp 1e-5 ~ magnitude here: F is that small
+    "obs": {},  # defaults: they must beat magnitude (issue 11)
     "dropout-regression": {"masks": 2000, "keep": 0.95},
+}
+# Extra rows: label -> (criterion, options), run when the criterion is.
+VARIANTS = {
+    "obs[fisher-abs1e-7-b512]": (
+        "obs",
+        {"hessian": "fisher", "damp": 0.0, "abs_damp": 1e-7, "block_size": 512},
+    ),
 }
 SKIP = {"true-damage": "one forward pass per weight: ~266k passes over the data"}
 
@@ -109,12 +120,12 @@ def sweep_prune(model, data, name, options, amounts, seed, samples, obs_steps=1)
     return out, seconds
 
 
-def run_criterion(model, data, name, amounts, samples, seeds):
-    options = OPTIONS.get(name, {})
+def run_criterion(model, data, name, amounts, samples, seeds, options=None):
+    options = OPTIONS.get(name, {}) if options is None else options
     crit = make_criterion(name, **options)
     per_seed = []
     for seed in seeds:
-        if solves_selection(crit) or type(crit).compensate is not Criterion.compensate:
+        if isinstance(crit, Solver | CompensatingCriterion):  # they move weights: full prune
             acc, seconds = sweep_prune(model, data, name, options, amounts, seed, samples)
         else:
             acc, seconds = sweep_scores(model, data, name, options, amounts, seed, samples)
@@ -136,7 +147,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--obs-steps", type=int, default=4, help="extra OBS row with obs_steps")
+    parser.add_argument(
+        "--obs-steps", type=int, default=4, help="extra OBS run with obs_steps (1: none)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = load_data("mnist", progress=False)
@@ -158,32 +171,37 @@ def main(argv=None) -> int:
         "quick": args.quick,
         "seeds": {"random": [0, 1, 2], "others": [0]},
     }
-    for name in names:
-        rows.append(one_row(model, data, name, amounts, samples, args.obs_steps))
-        print(json.dumps(rows[-1].get("accuracy", rows[-1])), name, file=sys.stderr, flush=True)
+    jobs = [(name, name, None) for name in names]
+    jobs += [(label, c, o) for label, (c, o) in VARIANTS.items() if c in names and not args.quick]
+    for label, name, options in jobs:
+        rows = [r for r in rows if r["criterion"] != label]
+        rows.append(one_row(model, data, name, amounts, samples, args.obs_steps, options, label))
+        print(json.dumps(rows[-1].get("accuracy", rows[-1])), label, file=sys.stderr, flush=True)
         write_json(path, {**header, "results": rows, "environment": environment()})
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
 def previous_rows(path: Path, rerun: list[str]) -> list[dict]:
-    """Rows of an earlier run for the criteria not re-run now."""
+    """Rows of an earlier run for the criteria not re-run now (variants go with theirs)."""
     if not path.exists():
         return []
-    return [r for r in json.loads(path.read_text())["results"] if r["criterion"] not in rerun]
+    again = set(rerun) | {label for label, (c, _) in VARIANTS.items() if c in rerun}
+    return [r for r in json.loads(path.read_text())["results"] if r["criterion"] not in again]
 
 
-def one_row(model, data, name, amounts, samples, obs_steps) -> dict:
+def one_row(model, data, name, amounts, samples, obs_steps, options=None, label=None) -> dict:
     if name in SKIP:
         return {"criterion": name, "skipped": SKIP[name]}
     seeds = [0, 1, 2] if name == "random" else [0]
+    options = OPTIONS.get(name, {}) if options is None else options
     start = time.perf_counter()
     try:
-        row = run_criterion(model, data, name, amounts, samples, seeds)
+        row = run_criterion(model, data, name, amounts, samples, seeds, options)
+        if name == "obs":
+            row["block_size_chosen"] = _obs_block_size(model, options)
         if name == "obs" and obs_steps > 1:
-            acc, seconds = sweep_prune(
-                model, data, name, OPTIONS[name], amounts, 0, samples, obs_steps
-            )
+            acc, seconds = sweep_prune(model, data, name, options, amounts, 0, samples, obs_steps)
             row["obs_steps"] = {
                 "steps": obs_steps,
                 "accuracy": {str(a): v for a, v in acc.items()},
@@ -195,8 +213,18 @@ def one_row(model, data, name, amounts, samples, obs_steps) -> dict:
             "error": f"{type(err).__name__}: {err}",
             "traceback": traceback.format_exc(limit=3),
         }
+    row["criterion"] = label or name
     row["wall_seconds"] = round(time.perf_counter() - start, 1)
     return row
+
+
+def _obs_block_size(model, options: dict):
+    """The block size OBS uses for ``options`` on ``model`` (None: the exact inverse)."""
+    crit = make_criterion("obs", **options)
+    if crit.block_size != "auto":
+        return crit.block_size
+    shapes = {n: getattr(m, t).shape for n, (m, t) in eligible_targets(model).items()}
+    return choose_block_size(shapes, crit.max_memory)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def test_layer_sparsity_file(trained_run, tmp_path):
         (["--criterion", "obd", "--option", "hessian=full"], "obd hessian must be one of"),
         (["--rounds", "3"], "rounds=3 needs a multi-round schedule"),
         (["--nm", "2-4", "--scheme", "nm"], "--nm must look like N:M"),
-        (["--criterion", "obs", "--option", "max_weights=1000"], "use block_size=128"),
+        (["--criterion", "obs", "--option", "max_memory=1000"], "raise max_memory"),
     ],
 )
 def test_bad_input_exits_2_without_writing(trained_run, tmp_path, extra, message, capsys):

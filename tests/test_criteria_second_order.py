@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainsurgeon.curvature import GradientStats, collect, layer_targets
+from brainsurgeon.curvature.inverse import fit_bytes
 from brainsurgeon.data.core import Dataset
 from brainsurgeon.errors import ConfigError, NumericalError, UnsupportedLayerError
 from brainsurgeon.models import build_model
 from brainsurgeon.pruning.criteria import SaliencyContext, make_criterion
 from brainsurgeon.pruning.masks import set_mask
-from brainsurgeon.pruning.solvers import obs_remove_set
+from brainsurgeon.solvers import obs_remove_set
 
 VARIANTS = [
     ("taylor1", {}),
@@ -163,31 +164,65 @@ def test_obd_sd_statistics_relate_as_documented(small):
         assert (sd[key] >= 0).all()
 
 
-def test_obs_matches_the_inverse_fisher_by_brute_force(small):
+@pytest.mark.parametrize(
+    ("options", "lam_of"),
+    [
+        ({"damp": 1e-2}, lambda F: 1e-2 * F.diagonal().mean()),  # relative
+        ({"damp": 0.0, "abs_damp": 1e-3}, lambda F: 1e-3),
+        ({"damp": 1e-2, "abs_damp": 1e-3}, lambda F: 1e-2 * F.diagonal().mean() + 1e-3),
+        ({}, lambda F: 0.1 * F.diagonal().mean()),  # the default
+    ],
+)
+def test_obs_matches_the_inverse_fisher_by_brute_force(small, options, lam_of):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.ReLU(), nn.Linear(4, 10)).double()
     data = Dataset(small.x.double()[:40], small.y[:40])
     targets = {"3.weight": (model[3], "weight")}
     ctx = _ctx(model, data, targets=targets)
-    crit = make_criterion("obs", damp=1e-3)
-    scores = crit.scores(ctx)
+    crit = make_criterion("obs", hessian="fisher", **options)
+    stats = crit.statistics(ctx)  # collected once, passed to score and compensate
+    scores = crit.scores(ctx, stats)
     grads = []  # per-sample gradients of the per-sample loss, by a plain loop
     for i in range(40):
         loss = F.cross_entropy(model(data.x[i : i + 1]), data.y[i : i + 1])
         grads.append(torch.autograd.grad(loss, model[3].weight)[0].reshape(-1))
     G = torch.stack(grads)
-    Hinv = torch.linalg.inv(1e-3 * torch.eye(40, dtype=torch.float64) + G.T @ G / 40)
+    fisher = G.T @ G / 40
+    lam = lam_of(fisher)
+    Hinv = torch.linalg.inv(lam * torch.eye(40, dtype=torch.float64) + fisher)
+    assert stats.lam_ == pytest.approx(float(lam), rel=1e-10)
+    assert crit.chosen_block_size_ is None  # 40 weights: the exact inverse fits
     w = model[3].weight.detach().reshape(-1)
     assert torch.allclose(scores["3.weight"].reshape(-1), w**2 / (2 * Hinv.diagonal()), rtol=1e-6)
     keep = scores["3.weight"] > scores["3.weight"].median()
-    new = crit.compensate(ctx, {"3.weight": keep})["3.weight"]
+    new = crit.compensate(ctx, {"3.weight": keep}, stats=stats)["3.weight"]
     assert torch.allclose(new.reshape(-1), obs_remove_set(w, Hinv, ~keep.reshape(-1)), atol=1e-6)
     assert torch.all(new[~keep] == 0)
     model[3].weight.grad = None
     # one WoodFisher block covering the tensor is the exact inverse
-    one = make_criterion("obs", damp=1e-3, block_size=40)
+    one = make_criterion("obs", hessian="fisher", block_size=40, **options)
     assert torch.allclose(
         one.scores(_ctx(model, data, targets=targets))["3.weight"], scores["3.weight"], rtol=1e-8
     )
+
+
+def test_obs_picks_the_largest_block_that_fits_max_memory(small):
+    model = _mlp()  # 1,024 + 160 weights
+    ctx = _ctx(model, small)
+    shapes = {n: ctx.tensor(n).shape for n in ctx.targets}
+    exact = fit_bytes(shapes, None)
+    crit = make_criterion("obs", max_memory=exact)
+    crit.scores(ctx)
+    assert crit.chosen_block_size_ is None
+    budget = fit_bytes(shapes, 100)
+    crit = make_criterion("obs", max_memory=budget)
+    s_auto = crit.scores(ctx)
+    block = crit.chosen_block_size_
+    assert block is not None and block >= 100
+    assert fit_bytes(shapes, block) <= budget < fit_bytes(shapes, block + 1)
+    assert crit.statistics(ctx).layout.block == block
+    fixed = make_criterion("obs", block_size=block).scores(ctx)  # explicit sizes still work
+    for name in s_auto:
+        assert torch.equal(s_auto[name], fixed[name])
 
 
 def _layer_error(w_old, w_new, x):
@@ -234,15 +269,27 @@ def test_layerwise_obs_compensate_reconstructs_given_masks(small):
 
 
 def test_obs_refuses_an_exact_inverse_that_is_too_large(small):
-    model = _mlp()  # 1,184 weights
+    model = _mlp()  # 1,184 weights: an 11 MB exact inverse
     with pytest.raises(
         ConfigError,
-        match=r"exact inverse .* more than max_weights=1,000; use "
-        r"block_size=128 \(WoodFisher",
+        match=r"exact inverse .* more than max_memory=1,000,000 bytes; use block_size='auto'",
     ):
-        make_criterion("obs", max_weights=1000).scores(_ctx(model, small))
+        make_criterion("obs", block_size=None, max_memory=10**6).scores(_ctx(model, small))
+    with pytest.raises(ConfigError, match="cannot hold even a diagonal inverse of 1,184 weights"):
+        make_criterion("obs", max_memory=1000).scores(_ctx(model, small))
     with pytest.raises(ConfigError, match="obd hessian='exact' needs one Hessian-vector product"):
         make_criterion("obd", hessian="exact", max_weights=100).scores(_ctx(model, small))
+
+
+def test_obs_bad_options_fail_clearly():
+    with pytest.raises(ConfigError, match="obs damping must be >= 0 and not all zero"):
+        make_criterion("obs", damp=0.0)
+    with pytest.raises(ConfigError, match=r"obs hessian must be one of \['fisher', 'ggn'\]"):
+        make_criterion("obs", hessian="exact")
+    with pytest.raises(ConfigError, match=r"obs ggn_tol must lie in \[0, 1\)"):
+        make_criterion("obs", ggn_tol=1.0)
+    with pytest.raises(ConfigError, match="obs block_size must be 'auto', None"):
+        make_criterion("obs", block_size="big")
 
 
 def test_bad_options_fail_clearly():

@@ -214,7 +214,7 @@ def test_gptq_beats_round_to_nearest_on_the_layer_objective():
     X = torch.randn(512, 24, generator=g) @ torch.randn(24, 24, generator=g)  # correlated
     layer = nn.Linear(24, 12)
     H = 2 * X.T @ X / X.shape[0]
-    from brainsurgeon.pruning.solvers import gptq as solve
+    from brainsurgeon.solvers import gptq as solve
 
     config = GPTQConfig(bits=3)
     plan = LayerPlan("fc", layer, 3)

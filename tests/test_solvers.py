@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from brainsurgeon.errors import ConfigError, NumericalError
-from brainsurgeon.pruning.solvers import (
+from brainsurgeon.solvers import (
     damped_inverse_cholesky,
     gptq,
+    inverse_from_gram,
+    inverse_from_vectors,
     layer_obs_update,
     obc_prune,
     obs_remove_set,
@@ -185,6 +187,44 @@ def test_sparsegpt_with_one_block_per_column_equals_obs_with_its_mask():
     new_b, keep_b = sparsegpt(w, H, nm=(1, 4), block_size=12, damp=0.0)
     assert torch.equal(keep_a, keep_b)
     assert torch.allclose(new_a, new_b, atol=1e-9)
+
+
+def _textbook_obs_columns(w, H, keep):
+    """Sequential OBS over columns with explicit ``H^-1`` downdates: zero column j where
+    ``keep`` is False and spread the error to the columns on its right."""
+    w, Hinv = w.clone(), torch.linalg.inv(H)
+    for j in range(w.shape[1]):
+        err = w[:, j] * ~keep[:, j] / Hinv[j, j]
+        w -= err.unsqueeze(1) * Hinv[j].unsqueeze(0)
+        w[:, j] = w[:, j] * keep[:, j]
+        Hinv = Hinv - Hinv[:, j : j + 1] @ Hinv[j : j + 1] / Hinv[j, j]
+    return w
+
+
+@pytest.mark.parametrize("block_size", [1, 5, 128])
+def test_sparsegpt_loop_is_the_textbook_sequential_obs(block_size):
+    """With the mask forced through ``keep`` (half of every column), the fast transposed loop
+    must reproduce the column-by-column OBS update exactly."""
+    w, x, H = _layer(rows=6, cols=14)
+    g = torch.Generator().manual_seed(3)
+    keep = torch.ones(6, 14, dtype=torch.bool)
+    for j in range(14):
+        keep[torch.randperm(6, generator=g)[:3], j] = False
+    new, got = sparsegpt(w, H, 0.5, keep=keep, block_size=block_size, damp=0.0)
+    assert torch.equal(got, keep)
+    assert torch.allclose(new, _textbook_obs_columns(w, H, keep), atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [5, 40])  # fewer and more vectors than the block size 12
+def test_woodbury_and_gram_inverses_are_the_damped_inverse(n):
+    g = torch.Generator().manual_seed(n)
+    G = torch.randn(3, n, 12, generator=g, dtype=D)  # 3 blocks of 12 coordinates
+    lam = 0.05
+    expect = torch.linalg.inv(lam * torch.eye(12, dtype=D) + G.mT @ G / n)
+    assert torch.allclose(inverse_from_vectors(G, n, lam), expect, atol=1e-8)
+    assert torch.allclose(inverse_from_gram(G.mT @ G, n, lam), expect, atol=1e-8)
+    with pytest.raises(NumericalError, match="not positive definite; raise damp"):
+        inverse_from_gram(-(G.mT @ G), n, lam)
 
 
 def test_layer_obs_update_is_the_constrained_optimum():

@@ -2,7 +2,7 @@
 
 Per layer, minimise ``||W X - W' X||^2`` with ``H = 2 X X^T / N`` of the layer's inputs
 (:class:`brainsurgeon.curvature.LayerInputStats`); the solvers live in
-:mod:`brainsurgeon.pruning.solvers`: exact OBC (Frantar & Alistarh 2022) for small layers,
+:mod:`brainsurgeon.solvers`: exact OBC (Frantar & Alistarh 2022) for small layers,
 SparseGPT (Frantar & Alistarh 2023; 128-column blocks, Cholesky of ``H^-1``, damping 1% of
 ``mean(diag H)``) for large ones; unstructured or N:M. ``prune`` returns keep-masks and the
 reconstructed weights; with ``sequential=True`` each layer is calibrated on the outputs of
@@ -21,7 +21,7 @@ from ...curvature.layer_inputs import from_matrix, hooks_visible, input_owner, w
 from ...curvature.layers import functional_model
 from ...errors import ConfigError, UnsupportedLayerError, check_fraction, check_positive_int
 from ...models.adapters import layout_of
-from ..solvers import damped_inverse_cholesky, layer_obs_update, obc_prune, sparsegpt
+from ...solvers import damped_inverse_cholesky, layer_obs_update, obc_prune, sparsegpt
 from .base import SaliencyContext, Solver, register_criterion
 
 METHODS = ("auto", "obc", "sparsegpt")
