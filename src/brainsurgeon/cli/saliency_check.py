@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .common import add_common, emit, say, table
-from .prune import parse_options
+from .options import parse_options
 from .runs_common import open_run
 
 EPILOG = """\

@@ -202,7 +202,7 @@ def _prune_cell(model, cell, config: CompareConfig, calib, data, device) -> dict
     same budget after each round. Calibration samples and criterion seed are shared by all
     cells; the ``random`` criterion and the fine-tuning shuffle take the cell's seed."""
     from ..pruning import PruneConfig, prune
-    from ..pruning.iterative import finetune
+    from ..pruning.iterative import finetune_round
     from ..pruning.schedules import plan
 
     seed = config.seed + cell["seed_index"]
@@ -235,7 +235,7 @@ def _prune_cell(model, cell, config: CompareConfig, calib, data, device) -> dict
         rec = {"round": r, "target": float(target), "sparsity": result.total_sparsity}
         if config.finetune_epochs:
             rec["accuracy_before_finetune"] = _evaluate(model, data)["accuracy"]
-            finetune(model, data, cfg.replace(seed=seed), r, device=device, progress=False)
+            finetune_round(model, data, cfg.replace(seed=seed), r, device=device, progress=False)
         records.append(rec)
     return {
         "total_sparsity": result.total_sparsity,

@@ -71,14 +71,14 @@ def sensitivity(
     log: Log | None = None,
 ) -> dict[str, Any]:
     """Measure the curves, write ``sensitivity.json``, ``layer_sparsity.json`` and a plot."""
-    from ..pruning.targets import eligible_targets
+    from ..models.adapters import compressible
 
     base = open_base(run)
     out = ExperimentDir(out_dir, "sensitivity", config.to_dict(), force=force)
     device = resolve_device(device)
     data = data if data is not None else base.data(progress=False)
     calib = data.train.subset(config.samples, seed=config.seed)
-    layers = list(eligible_targets(base.model))
+    layers = list(compressible(base.model))
     out.start({"run": str(base.path)})
     baseline = _evaluate(base.model, data)
 

@@ -11,8 +11,10 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..data.core import Dataset
+from ..losses import LossFn
 from ..state import original
 from .config import PruneConfig
 from .criteria import Criterion, SaliencyContext
@@ -78,6 +80,7 @@ def prune_step(
     seed: int,
     device: torch.device,
     progress: bool,
+    loss_fn: LossFn = F.cross_entropy,
 ) -> dict[str, Any]:
     """Score, select, compensate and mask once; returns a record of what happened."""
     masks = current_masks(targets)
@@ -85,6 +88,7 @@ def prune_step(
         model=model,
         targets=targets,
         data=data,
+        loss_fn=loss_fn,
         batch_size=config.batch_size,
         seed=seed,
         device=device,
