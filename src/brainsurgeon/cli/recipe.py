@@ -1,5 +1,5 @@
-"""``brainsurgeon run``: run a YAML recipe (train or load -> prune -> quantize -> fine-tune ->
-evaluate -> report) into one output folder.
+"""``brainsurgeon run``: run a YAML recipe (train or load -> prune, quantize, factorize,
+distill, fine-tune, evaluate -> report) into one output folder.
 
 The recipe is validated first; a mistake is reported with the field and its line, and nothing
 is written. The folder appears only when every step has finished: OUT/start and OUT/final are
@@ -29,8 +29,8 @@ a recipe:
     - finetune: {epochs: 2}
     - evaluate: {split: test}
   report: true
-step options are the fields of TrainConfig (train, finetune), PruneConfig (prune) and
-QuantConfig (quantize); `brainsurgeon prune --help` and `quantize --help` describe them.
+step kinds (each step's options are the fields of its config):
+{steps}
 
 examples:
   brainsurgeon run recipe.yaml --out runs/recipe
@@ -39,11 +39,14 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..recipes.steps import STEPS
+
+    steps = "\n".join(f"  {name:<10} {text}" for name, text in STEPS.describe().items())
     p = sub.add_parser(
         "run",
         help="run a YAML recipe (a whole compression pipeline)",
         description=__doc__,
-        epilog=EPILOG,
+        epilog=EPILOG.replace("{steps}", steps),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("recipe", help="recipe file (YAML)")
