@@ -32,7 +32,7 @@ class Flag:
     ``flag``: the option text (default ``--field-name``); ``invert``: a bool field that the
     flag sets to False (``include_first`` <- ``--exclude-first``); ``parse``: text -> value
     (e.g. ``"2:4"`` -> ``(2, 4)``), applied by :func:`config_from_args`; ``help`` /
-    ``metavar`` as in argparse.
+    ``metavar`` as in argparse; ``show``: how ``--help`` writes the default.
     """
 
     flag: str | None = None
@@ -40,6 +40,7 @@ class Flag:
     invert: bool = False
     parse: Callable[[str], Any] | None = None
     metavar: str | None = None
+    show: Callable[[Any], str] | None = None
 
 
 def add_config_options(
@@ -186,7 +187,10 @@ def _add(parser, name, hint, default, spec: Flag, text: str, valid: list[str]) -
         parser.add_argument(flag, dest=name, action=action, default=default, help=text)
         return
     if default not in (None, (), ""):
-        shown = ":".join(map(str, default)) if isinstance(default, tuple) else default
+        if spec.show is not None:
+            shown = spec.show(default)
+        else:
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         text += f" (default: {shown})"
     kind = str if spec.parse else (comma_list if base is tuple else base)
     metavar = spec.metavar or ("A,B,..." if base is tuple else None)

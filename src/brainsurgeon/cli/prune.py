@@ -107,7 +107,7 @@ def _nm(text: str) -> tuple[int, int]:
 
 
 FLAGS = {
-    "nm": Flag(parse=_nm, metavar="N:M"),
+    "nm": Flag(parse=_nm, metavar="N:M", show=lambda nm: f"{nm[0]}:{nm[1]}"),
     "include_first": Flag("--exclude-first", invert=True),
     "include_last": Flag("--exclude-last", invert=True),
 }
@@ -219,7 +219,10 @@ def prune_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..pipeline import check_out_dir, prune_run
 
+    from ..losses import resolve_loss
+
     config = prune_config(args)  # every option is validated before any work or output
+    resolve_loss(args.loss)
     out = Path(args.out)
     check_out_dir(out, resume=args.resume, force=args.force)
     source = open_run(args)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .common import add_common, emit, say, table
-from .options import parse_options
+from .options import add_loss_option, add_target_options, parse_options
 from .runs_common import open_run
 
 EPILOG = """\
@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="CRITERION.KEY=VALUE",
         help="criterion option, repeatable (e.g. --option obd.hessian=ggn)",
     )
+    add_loss_option(p)
+    add_target_options(p)
     add_common(p)
     p.set_defaults(func=run)
 
@@ -102,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples,
         device=args.device,
         options=options,
+        loss=args.loss,
+        layers=args.layers,
+        exclude=args.exclude,
         progress=not args.quiet,
     )
     payload = {"run": str(source.path), **report}

@@ -34,7 +34,9 @@ SCHEDULES = ("oneshot", "iterative")
 class CompareConfig(Config):
     """What to compare. ``quantizers``: ``"kmeans:5"``, ``"uniform:8"``, ``"binary"``, ...
     (method[:bits]). ``rounds``: prune/fine-tune rounds of the iterative schedule.
-    ``criterion_options``: ``{"obs": {"block_size": 128}}``, options per criterion."""
+    ``criterion_options``: ``{"obs": {"block_size": 128}}``, options per criterion.
+    ``layers`` / ``exclude``: glob patterns choosing the pruned tensors; ``loss``: a
+    registered loss name (None: cross entropy)."""
 
     criteria: tuple[str, ...] = ("random", "magnitude")
     sparsities: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -48,9 +50,16 @@ class CompareConfig(Config):
     finetune_lr: float = 0.005
     quantizers: tuple[str, ...] = ()
     criterion_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layers: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    loss: str | None = None
 
     def __post_init__(self) -> None:
+        from ..losses import LOSSES
         from ..pruning import CRITERIA, make_criterion
+
+        if self.loss is not None:
+            LOSSES.get(self.loss)
 
         if not self.criteria and not self.quantizers:
             raise ConfigError(
@@ -218,6 +227,8 @@ def _prune_cell(model, cell, config: CompareConfig, calib, data, device) -> dict
         seed=config.seed,
         finetune_lr=config.finetune_lr,
         finetune_epochs=config.finetune_epochs,
+        layers=config.layers,
+        exclude=config.exclude,
     )
     rounds = 1 if config.schedule == "oneshot" else config.rounds
     targets = plan(config.schedule, cell["sparsity"], rounds, 0.0, "geometric")
@@ -227,6 +238,7 @@ def _prune_cell(model, cell, config: CompareConfig, calib, data, device) -> dict
             model,
             cfg.replace(amount=float(target), finetune_epochs=0),
             calib,
+            loss=config.loss,
             device=device,
             progress=False,
         )
@@ -235,7 +247,15 @@ def _prune_cell(model, cell, config: CompareConfig, calib, data, device) -> dict
         rec = {"round": r, "target": float(target), "sparsity": result.total_sparsity}
         if config.finetune_epochs:
             rec["accuracy_before_finetune"] = _evaluate(model, data)["accuracy"]
-            finetune_round(model, data, cfg.replace(seed=seed), r, device=device, progress=False)
+            finetune_round(
+                model,
+                data,
+                cfg.replace(seed=seed),
+                r,
+                loss=config.loss,
+                device=device,
+                progress=False,
+            )
         records.append(rec)
     return {
         "total_sparsity": result.total_sparsity,

@@ -36,18 +36,26 @@ GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 @dataclass(frozen=True)
 class SensitivityConfig(Config):
     """``sparsities``: the grid; ``max_drop``: allowed validation-accuracy drop per layer
-    (a fraction: 0.005 = half a percentage point); ``samples``: calibration samples."""
+    (a fraction: 0.005 = half a percentage point); ``samples``: calibration samples;
+    ``layers`` / ``exclude``: glob patterns choosing the layers; ``loss``: a registered loss
+    name (None: cross entropy)."""
 
     criterion: str = "magnitude"
     sparsities: tuple[float, ...] = GRID
     max_drop: float = 0.005
     samples: int = 1000
     seed: int = 0
+    layers: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    loss: str | None = None
 
     def __post_init__(self) -> None:
+        from ..losses import LOSSES
         from ..pruning import CRITERIA
 
         CRITERIA.get(self.criterion)
+        if self.loss is not None:
+            LOSSES.get(self.loss)
         if not self.sparsities:
             raise ConfigError("sparsities: the list is empty; e.g. --sparsities 0.5,0.8,0.9")
         for s in self.sparsities:
@@ -78,7 +86,7 @@ def sensitivity(
     device = resolve_device(device)
     data = data if data is not None else base.data(progress=False)
     calib = data.train.subset(config.samples, seed=config.seed)
-    layers = list(compressible(base.model))
+    layers = list(compressible(base.model, layers=config.layers, exclude=config.exclude))
     out.start({"run": str(base.path)})
     baseline = _evaluate(base.model, data)
 
@@ -155,8 +163,10 @@ def _pruned(model, config: SensitivityConfig, layer_sparsity: dict[str, float], 
         layer_sparsity=layer_sparsity,
         samples=len(calib),
         seed=config.seed,
+        layers=config.layers,
+        exclude=config.exclude,
     )
-    prune(model, cfg, calib, device=device, progress=False)
+    prune(model, cfg, calib, loss=config.loss, device=device, progress=False)
     return model
 
 
