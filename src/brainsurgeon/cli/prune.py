@@ -217,9 +217,8 @@ def prune_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import check_out_dir, prune_run
-
     from ..losses import resolve_loss
+    from ..pipeline import check_out_dir, prune_run
 
     config = prune_config(args)  # every option is validated before any work or output
     resolve_loss(args.loss)
