@@ -14,8 +14,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import add_common, emit, parse_float_list, parse_kv_list, say, table
-from .options import TARGET_HELP, Flag, add_config_options, config_from_args
+from .common import add_command, add_common, emit, parse_kv_list, say, table
+from .options import TARGET_HELP, add_config_options, config_from_args, float_list
 
 EPILOG = """\
 examples:
@@ -57,7 +57,7 @@ FIELDS = (
     "exclude",
     "loss",
 )
-FLAGS = {"sparsities": Flag(parse=lambda t: tuple(parse_float_list(t, what="--sparsities")))}
+FLAGS = {"sparsities": float_list("--sparsities")}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,12 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..losses import LOSSES
     from ..pruning import SELECTORS
 
-    p = sub.add_parser(
-        "compare",
-        help="compare pruning criteria / quantizers under one budget",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        sub, "compare", "compare pruning criteria / quantizers under one budget", __doc__, EPILOG
     )
     p.add_argument("run", help="trained run directory to compress")
     add_config_options(

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import add_common, emit, say, table
+from .common import add_command, add_common, emit, say, table
 
 EPILOG = """\
 examples:
@@ -22,12 +22,8 @@ then look inside:  brainsurgeon inspect runs/demo/compressed"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="train, compress and compare a small model on digits",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        sub, "demo", "train, compress and compare a small model on digits", __doc__, EPILOG
     )
     p.add_argument(
         "--out",

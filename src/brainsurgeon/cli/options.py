@@ -127,6 +127,13 @@ def option_types(fn: Callable[..., Any]) -> dict[str, type]:
     return out
 
 
+def float_list(what: str) -> Flag:
+    """A :class:`Flag` for a tuple-of-floats field given as ``0.5,0.9`` (``what``: its flag)."""
+    from .common import parse_float_list
+
+    return Flag(parse=lambda text: tuple(parse_float_list(text, what=what)))
+
+
 def comma_list(text: str) -> tuple[str, ...]:
     """``"fc1,fc2.*"`` -> ``("fc1", "fc2.*")`` (glob patterns or names)."""
     return tuple(p.strip() for p in text.split(",") if p.strip())

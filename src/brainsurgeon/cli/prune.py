@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .common import add_common, emit, say, table
+from .common import add_command, add_common, emit, say, table
 from .options import (
     TARGET_HELP,
     Flag,
@@ -127,12 +127,8 @@ def choices() -> dict[str, list[str]]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "prune",
-        help="prune a run's weights by a saliency criterion",
-        description=__doc__,
-        epilog=PRUNE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        sub, "prune", "prune a run's weights by a saliency criterion", __doc__, PRUNE_EPILOG
     )
     p.add_argument("run", help="run directory to prune")
     p.add_argument("--out", required=True, help="run directory to write")
@@ -142,12 +138,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common(p)
     p.set_defaults(func=run)
 
-    c = sub.add_parser(
+    c = add_command(
+        sub,
         "criteria",
-        help="list the saliency criteria",
-        description="List every saliency criterion with a one-line description and its options.",
-        epilog="example:\n  brainsurgeon criteria --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "list the saliency criteria",
+        "List every saliency criterion with a one-line description and its options.",
+        "example:\n  brainsurgeon criteria --json",
     )
     add_common(c, device=False, seed=False)
     c.set_defaults(func=run_criteria)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common, emit, say, table
+from .common import add_command, add_common, emit, say, table
 
 EPILOG = """\
 a recipe:
@@ -42,12 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..recipes.steps import STEPS
 
     steps = "\n".join(f"  {name:<10} {text}" for name, text in STEPS.describe().items())
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "run",
-        help="run a YAML recipe (a whole compression pipeline)",
-        description=__doc__,
-        epilog=EPILOG.replace("{steps}", steps),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "run a YAML recipe (a whole compression pipeline)",
+        __doc__,
+        EPILOG.replace("{steps}", steps),
     )
     p.add_argument("recipe", help="recipe file (YAML)")
     p.add_argument("--out", default=None, help="output folder (default: runs/RECIPE-NAME)")

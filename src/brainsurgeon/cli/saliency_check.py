@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from .common import add_common, emit, say, table
+from .common import add_command, add_common, emit, say, table
 from .options import add_loss_option, add_target_options, parse_options
 from .runs_common import open_run
 
@@ -28,12 +28,8 @@ The same sampled weights and calibration samples serve every criterion."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "saliency-check",
-        help="rank agreement of criteria with the true damage",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        sub, "saliency-check", "rank agreement of criteria with the true damage", __doc__, EPILOG
     )
     p.add_argument("run", help="run directory")
     p.add_argument(

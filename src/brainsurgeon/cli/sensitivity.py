@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common, emit, parse_float_list, say, table
-from .options import TARGET_HELP, Flag, add_config_options, config_from_args
+from .common import add_command, add_common, emit, say, table
+from .options import TARGET_HELP, add_config_options, config_from_args, float_list
 
 EPILOG = """\
 examples:
@@ -32,7 +32,7 @@ HELP = {
     "loss": "loss to measure (cross_entropy when unset)",
     **TARGET_HELP,
 }
-FLAGS = {"sparsities": Flag(parse=lambda t: tuple(parse_float_list(t, what="--sparsities")))}
+FLAGS = {"sparsities": float_list("--sparsities")}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,12 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..losses import LOSSES
     from ..pruning import CRITERIA
 
-    p = sub.add_parser(
-        "sensitivity",
-        help="per-layer pruning sensitivity curves + suggestion",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        sub, "sensitivity", "per-layer pruning sensitivity curves + suggestion", __doc__, EPILOG
     )
     p.add_argument("run", help="trained run directory")
     add_config_options(

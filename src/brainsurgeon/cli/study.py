@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common, emit, say, table
+from .common import add_command, add_common, emit, say, table
 from .options import add_config_options, config_from_args
 
 EPILOG = """\
@@ -42,13 +42,7 @@ FIELDS = tuple(HELP)
 def register(sub: argparse._SubParsersAction) -> None:
     from ..experiments.study import StudyConfig
 
-    p = sub.add_parser(
-        "study",
-        help="experiments from the notes (obd-sd)",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "study", "experiments from the notes (obd-sd)", __doc__, EPILOG)
     p.add_argument("name", choices=["obd-sd"], help="which study (obd-sd)")
     p.add_argument("run", help="trained run directory")
     add_config_options(p, StudyConfig, fields=FIELDS, help=HELP)

@@ -8,7 +8,7 @@ import time
 
 from ..errors import ConfigError
 from ..training import TrainConfig, evaluate, fit
-from .common import add_common, emit, say, table
+from .common import add_command, add_common, emit, say, table
 from .options import Flag, add_config_options, config_from_args
 from .runs_common import check_out, epoch_printer
 
@@ -48,13 +48,7 @@ FIELDS = tuple(HELP)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a model and write a run directory",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "train", "train a model and write a run directory", __doc__, EPILOG)
     p.add_argument("--model", default="lenet300", help="model spec (default: lenet300)")
     p.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the model")
     p.add_argument("--data", default="digits", help="digits | mnist | IDX folder | .npz file")
