@@ -45,8 +45,10 @@ def test_interrupted_run_resumes_to_the_same_result(small, digits, tmp_path):
             raise KeyboardInterrupt
 
     out = tmp_path / "b"
+    interrupted = copy.deepcopy(small)
     with pytest.raises(KeyboardInterrupt):
-        prune_run(copy.deepcopy(small), config, digits, progress=False, out_dir=out, callback=crash)
+        prune_run(interrupted, config, digits, progress=False, out_dir=out, callback=crash)
+    assert masks_of(interrupted) == {} and _same(interrupted, small)
     assert sorted(p.name for p in (out / "rounds").iterdir()) == ["01", "02"]
     assert not (out / runs.CONFIG_FILE).exists()
     with pytest.raises(RunDirError, match="unfinished pruning run; pass --resume"):

@@ -15,6 +15,7 @@ from ..errors import ConfigError, RunDirError
 from ..losses import LossLike
 from ..pruning.api import PruneResult, plan_prune, prune_rounds, result_of
 from ..pruning.config import PruneConfig
+from ..pruning.iterative import unchanged_on_error
 from ..pruning.masks import masks_of, set_mask
 from ..utils import resolve_device
 from .finetune import Callback
@@ -42,7 +43,8 @@ def prune_run(
     ``brainsurgeon.load``, masks included) to ``out_dir``. ``resume`` continues after the last
     complete round (or reports a finished run and loads its state); ``force`` discards an
     existing ``out_dir``. ``base_config``: the parent run's config with its history step.
-    Every option is checked before any file is written or any weight changes.
+    Every option is checked before any file is written or any weight changes; a run that
+    raises (Ctrl-C included) keeps its finished rounds on disk and leaves ``model`` as it was.
     """
     plan = plan_prune(model, config, data, loss=loss)  # validates; touches nothing
     store = open_store(model, config, out_dir, resume=resume, force=force, base_config=base_config)
@@ -50,14 +52,16 @@ def prune_run(
     model.to(device)
     if (store.root / runs.CONFIG_FILE).exists():
         return _finished(model, config, store)
-    records = _resume(model, store) if resume else []
-    for record in prune_rounds(
-        model, plan, data, device=device, progress=progress, start=len(records) + 1
-    ):
-        records.append(record)
-        store.save(model, record["round"], record)
-        if callback is not None:
-            callback(record)
+    with unchanged_on_error(model, plan.targets):  # the finished rounds stay on disk
+        records = _resume(model, store) if resume else []
+        start = len(records) + 1
+        for record in prune_rounds(
+            model, plan, data, device=device, progress=progress, start=start
+        ):
+            records.append(record)
+            store.save(model, record["round"], record)
+            if callback is not None:
+                callback(record)
     result = result_of(plan, records)
     result.out_dir = store.root
     _save_final(model, result, store, data)

@@ -56,13 +56,7 @@ def saliency_check(
     increase is measured and predicted (a name or ``(output, target) -> scalar``);
     ``layers`` / ``exclude``: glob patterns choosing the sampled tensors.
     """
-    if not criteria:
-        raise ConfigError("saliency-check needs at least one criterion, e.g. obd,magnitude")
-    if data is None:
-        raise ConfigError("saliency-check needs data to measure the true damage; pass data=...")
-    built = _build(criteria, options or {})
-    if isinstance(weights, bool) or int(weights) < 3:
-        raise ConfigError(f"weights must be an integer >= 3 (sampled weights), got {weights!r}")
+    built = _check(criteria, data, weights, options)
     targets = compressible(model, layers=layers, exclude=exclude)
     device = resolve_device(device)
     model.to(device)
@@ -88,16 +82,31 @@ def saliency_check(
         "weights": int(truth.size),
         "samples": len(ctx.data),
         "seed": seed,
-        "true_damage": {
-            "mean": float(truth.mean()),
-            "median": float(np.median(truth)),
-            "min": float(truth.min()),
-            "max": float(truth.max()),
-            "negative_fraction": float((truth < 0).mean()),
-            "seconds": round(true_seconds, 3),
-        },
+        "true_damage": {**_summary(truth), "seconds": round(true_seconds, 3)},
         "criteria": rows,
     }
+
+
+def _summary(truth: np.ndarray) -> dict[str, float]:
+    return {
+        "mean": float(truth.mean()),
+        "median": float(np.median(truth)),
+        "min": float(truth.min()),
+        "max": float(truth.max()),
+        "negative_fraction": float((truth < 0).mean()),
+    }
+
+
+def _check(criteria, data, weights, options) -> dict[str, Criterion]:
+    """Every argument checked before any work; the built criteria by label."""
+    if not criteria:
+        raise ConfigError("saliency-check needs at least one criterion, e.g. obd,magnitude")
+    if data is None:
+        raise ConfigError("saliency-check needs data to measure the true damage; pass data=...")
+    built = _build(criteria, options or {})
+    if isinstance(weights, bool) or int(weights) < 3:
+        raise ConfigError(f"weights must be an integer >= 3 (sampled weights), got {weights!r}")
+    return built
 
 
 def _build(criteria, options) -> dict[str, Criterion]:
