@@ -185,3 +185,33 @@ def test_finetune_is_seeded_and_leaves_the_global_rng_alone(small, digits):
 def test_finetune_config_refuses_bad_values(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         FinetuneConfig(**kwargs)
+
+
+def test_save_child_records_the_step_compression_and_final_metrics(trained_run, digits, tmp_path):
+    from brainsurgeon.pipeline import save_child
+
+    parent = runs.load_run(trained_run)
+    finetune(parent.model, digits, FinetuneConfig(epochs=1), progress=False)
+    out = save_child(
+        parent.model,
+        parent,
+        tmp_path / "child",
+        step={"step": "finetune", "epochs": 1},
+        compression={"note": {"epochs": 1}},
+        data=digits,
+        metrics={"extra": 3},
+        training=FinetuneConfig(epochs=1).to_dict(),
+    )
+    child = runs.load_run(out)
+    assert child.config["history"][-1] == {
+        "step": "finetune",
+        "epochs": 1,
+        "parent": str(trained_run),
+    }
+    assert child.config["compression"]["note"] == {"epochs": 1}
+    assert child.config["training"]["type"] == "FinetuneConfig"
+    assert child.metrics["extra"] == 3
+    assert child.metrics["test_accuracy"] == evaluate(parent.model, digits)["accuracy"]
+    assert "val_accuracy" in child.metrics
+    with pytest.raises(RunDirError):
+        save_child(parent.model, parent, out, step={"step": "again"})

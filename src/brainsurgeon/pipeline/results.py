@@ -53,6 +53,34 @@ def save_result(
     return runs.save(model, out_dir, config=config, metrics=full, files=files, force=force)
 
 
+def save_child(
+    model: nn.Module,
+    parent: runs.Run,
+    out_dir: str | Path,
+    *,
+    step: dict[str, Any],
+    compression: dict[str, Any] | None = None,
+    data: DataLike | None = None,
+    metrics: dict[str, Any] | None = None,
+    force: bool = False,
+    **fields: Any,
+) -> Path:
+    """Save ``model``, derived from the run ``parent`` by ``step``, as a new run directory.
+
+    The config is the parent's with ``step`` appended to its history (and the parent's path),
+    ``compression`` entries merged in (``{"factorization": summary}``) and ``fields`` set
+    (``training=...``); the metrics are ``metrics`` plus the final evaluation on ``data``.
+    What ``brainsurgeon factorize | distill | quantize`` write at the end::
+
+        save_child(model, parent, args.out, step={"step": "factorize", ...},
+                   compression={"factorization": summary}, data=data, force=args.force)
+    """
+    cfg = parent.child_config(step)
+    cfg.update(fields)
+    cfg["compression"] = {**cfg.get("compression", {}), **(compression or {})}
+    return save_result(model, out_dir, config=cfg, data=data, metrics=metrics, force=force)
+
+
 def dumps(obj: Any) -> str:
     """JSON text of ``obj`` (tensors and paths converted), newline-terminated."""
     return json.dumps(obj, indent=2, default=_default) + "\n"
