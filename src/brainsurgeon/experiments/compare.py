@@ -136,26 +136,14 @@ def compare(
     }
     out.start({"run": str(base.path), "budget": budget})
     shape = tuple(base.config["model"]["input_shape"])
+    todo = cell_plan(config)
 
     def compute(key: str) -> dict[str, Any]:
-        start = time.perf_counter()
-        model = copy.deepcopy(base.model).to(device)
-        cell = todo[key]
-        if cell["kind"] == "prune":
-            info = _prune_cell(model, cell, config, calib, data, device)
-        else:
-            info = _quant_cell(model, cell, config, data)
-        ev = _evaluate(model, data)
         return {
-            **cell,
-            **info,
-            **ev,
-            **size_metrics(model.cpu(), shape),
+            **_cell(base.model, todo[key], config, calib, data, device, shape),
             "budget": budget,
-            "seconds": round(time.perf_counter() - start, 3),
         }
 
-    todo = cell_plan(config)
     baseline = out.run_cells(
         ["baseline"],
         lambda k: {
@@ -185,6 +173,23 @@ def compare(
     payload["plots"] = [str(p) for p in plot_compare(payload, Path(out_dir))]
     write_text(Path(out_dir) / "summary.md", markdown(payload))
     return payload
+
+
+def _cell(base_model, cell, config: CompareConfig, calib, data, device, shape) -> dict[str, Any]:
+    """One cell on a fresh copy of the trained model: compress, evaluate, measure the size."""
+    start = time.perf_counter()
+    model = copy.deepcopy(base_model).to(device)
+    if cell["kind"] == "prune":
+        info = _prune_cell(model, cell, config, calib, data, device)
+    else:
+        info = _quant_cell(model, cell, config, data)
+    return {
+        **cell,
+        **info,
+        **_evaluate(model, data),
+        **size_metrics(model.cpu(), shape),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def cell_plan(config: CompareConfig) -> dict[str, dict[str, Any]]:

@@ -92,20 +92,7 @@ def sensitivity(
 
     def compute(key: str) -> dict[str, Any]:
         layer, s = key.rsplit("@", 1)
-        start = time.perf_counter()
-        model = _pruned(
-            base.model,
-            config,
-            {n: (float(s) if n == layer else 0.0) for n in layers},
-            calib,
-            device,
-        )
-        return {
-            "layer": layer,
-            "sparsity": float(s),
-            **_evaluate(model, data),
-            "seconds": round(time.perf_counter() - start, 3),
-        }
+        return _layer_cell(base.model, config, layers, layer, float(s), calib, data, device)
 
     keys = [f"{layer}@{s:g}" for layer in layers for s in sorted(config.sparsities)]
     cells = out.run_cells(keys, compute, log)
@@ -136,6 +123,18 @@ def sensitivity(
     payload["plots"] = [str(_plot(payload, root))]
     write_text(root / "summary.md", markdown(payload))
     return payload
+
+
+def _layer_cell(model, config, layers, layer: str, s: float, calib, data, device):
+    """Prune only ``layer`` to ``s`` (a copy of ``model``) and measure the accuracy."""
+    start = time.perf_counter()
+    pruned = _pruned(model, config, {n: (s if n == layer else 0.0) for n in layers}, calib, device)
+    return {
+        "layer": layer,
+        "sparsity": s,
+        **_evaluate(pruned, data),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def suggest(
