@@ -215,7 +215,7 @@ def test_train_prune_factorize_distill_runs_end_to_end(tmp_path):
     prune_step, factor_step, distill_step = result["steps"][1:]
     assert prune_step["total_sparsity"] == pytest.approx(0.5, abs=0.01)
     assert factor_step["weight_ratio"] > 1 and factor_step["weights_after"] > 0
-    assert distill_step["epochs"] == 1 and distill_step["teacher"].endswith("start")
+    assert distill_step["epochs"] == 1 and distill_step["teacher"] == "start"
     final = runs.load_run(tmp_path / "out" / "final")
     assert [h["step"] for h in final.config["history"]][-3:] == ["prune", "factorize", "distill"]
     assert set(final.config["compression"]) >= {"pruning", "factorization", "distillation"}
@@ -271,3 +271,18 @@ def test_every_step_kind_validates_runs_and_records_history(kind, tiny_start, tm
     assert record["step"] == kind and 0 <= record["accuracy"] <= 1
     history = runs.load_run(tmp_path / "out" / "final").config["history"]
     assert history[-1]["step"] == kind and history[-1]["recipe_step"] == 0
+
+
+def test_distill_teacher_must_be_start_or_a_run(tiny_start, tmp_path):
+    recipe = {
+        "seed": 0,
+        "load": tiny_start,
+        "report": False,
+        "steps": [{"distill": {"teacher": str(tmp_path / "nope"), "epochs": 1}}],
+    }
+    with pytest.raises(RecipeError, match=r"steps\[0\]\.distill.*teacher '.*nope' is not a run"):
+        run_recipe(recipe, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    recipe["steps"] = [{"distill": {"teacher": tiny_start, "epochs": 1, "shift": 0}}]
+    done = run_recipe(recipe, tmp_path / "out", progress=False)
+    assert done["steps"][0]["teacher"] == tiny_start

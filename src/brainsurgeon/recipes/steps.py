@@ -167,8 +167,9 @@ def _distill(ctx: StepContext, opts: StepOptions) -> dict[str, Any]:
     result = distill(
         teacher, ctx.model, opts.config, ctx.data, device=ctx.device, progress=ctx.progress
     )
-    ctx.compression["distillation"] = {"config": opts.config.to_dict(), "teacher": str(path)}
-    return {"epochs": len(result.history), "teacher": str(path), "transfer": result.transfer}
+    # "start" names OUT/start; the run is built under a temporary name until it is complete
+    ctx.compression["distillation"] = {"config": opts.config.to_dict(), "teacher": teacher_path}
+    return {"epochs": len(result.history), "teacher": teacher_path, "transfer": result.transfer}
 
 
 def _evaluate(ctx: StepContext, opts: StepOptions) -> dict[str, Any]:
