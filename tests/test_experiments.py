@@ -291,3 +291,20 @@ def test_study_second_derivatives_match_autograd(tiny_run, studied):
             (g,) = torch.autograd.grad(loss, module.weight, create_graph=True)
             (h,) = torch.autograd.grad(g[idx], module.weight)
             assert w["h_per_sample"][n] == pytest.approx(float(h[idx]), rel=1e-4, abs=1e-8)
+
+
+def test_layers_and_exclude_choose_what_the_experiments_prune(tiny_run, tmp_path):
+    from brainsurgeon.experiments.sensitivity import SensitivityConfig, sensitivity
+
+    config = SensitivityConfig(
+        sparsities=(0.5,), samples=50, exclude=("fc2",), loss="cross_entropy"
+    )
+    payload = sensitivity(tiny_run, config, tmp_path / "s", device="cpu")
+    assert set(payload["curves"]) == {"fc1.weight"}
+    only = CompareConfig(criteria=("magnitude",), sparsities=(0.5,), samples=50, layers=("fc2",))
+    cells = compare(tiny_run, only, tmp_path / "c", device="cpu")["cells"]
+    pruned = [c for c in cells if c["kind"] == "prune"]
+    for c in pruned:  # half of fc2's 160 weights, nothing else
+        assert c["weights"] - c["nonzero_weights"] == 80, c
+    with pytest.raises(ConfigError, match="unknown loss 'hinge'"):
+        SensitivityConfig(loss="hinge")

@@ -192,3 +192,97 @@ def test_cli_run(tmp_path):
     assert res.returncode == 2
     assert "steps[0].train.lrr (line 6): unknown field 'lrr'" in res.stderr
     assert not (tmp_path / "x").exists()
+
+
+CHAIN = """\
+name: chain
+seed: 0
+data: digits
+model: mlp:64-32-10
+steps:
+  - train: {epochs: 2}
+  - prune: {amount: 0.5}
+  - factorize: {energy: 0.9}
+  - distill: {teacher: start, epochs: 1, shift: 0, noise: 0.0}
+report: false
+"""
+
+
+def test_train_prune_factorize_distill_runs_end_to_end(tmp_path):
+    result = run_recipe(write(tmp_path, CHAIN), tmp_path / "out", progress=False)
+    kinds = [s["step"] for s in result["steps"]]
+    assert kinds == ["train", "prune", "factorize", "distill"]
+    prune_step, factor_step, distill_step = result["steps"][1:]
+    assert prune_step["total_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert factor_step["weight_ratio"] > 1 and factor_step["weights_after"] > 0
+    assert distill_step["epochs"] == 1 and distill_step["teacher"] == "start"
+    final = runs.load_run(tmp_path / "out" / "final")
+    assert [h["step"] for h in final.config["history"]][-3:] == ["prune", "factorize", "distill"]
+    assert set(final.config["compression"]) >= {"pruning", "factorization", "distillation"}
+    ev = evaluate(final.model, final.data(progress=False))
+    assert ev["accuracy"] == result["after"]["accuracy"] > 0.5
+
+
+def test_an_unknown_step_kind_lists_the_valid_ones(tmp_path):
+    from brainsurgeon.recipes import STEPS
+
+    text = edit("  - evaluate: {split: val}", "  - shrink: {}")
+    with pytest.raises(RecipeError, match=r"steps\[4\] \(line 10\): unknown step 'shrink'") as err:
+        load_recipe(write(tmp_path, text))
+    listed = str(err.value).split("valid: ")[1]
+    assert listed.split(", ") == STEPS.names()
+    assert {"distill", "factorize", "finetune"} <= set(STEPS.names())
+
+
+@pytest.fixture(scope="module")
+def tiny_start(tmp_path_factory):
+    """A trained 64-16-10 run directory that recipes start from with ``load:``."""
+    root = tmp_path_factory.mktemp("tiny")
+    done = run_recipe(
+        {"seed": 0, "data": "digits", "model": "mlp:64-16-10", "report": False,
+         "steps": [{"train": {"epochs": 2}}]},
+        root / "base",
+        progress=False,
+    )  # fmt: skip
+    return done["final_run"]
+
+
+def _step_kinds():
+    from brainsurgeon.recipes import STEPS
+
+    return STEPS.names()
+
+
+@pytest.mark.parametrize("kind", _step_kinds())
+def test_every_step_kind_validates_runs_and_records_history(kind, tiny_start, tmp_path):
+    """The contract every registered step kind keeps."""
+    from brainsurgeon.recipes import STEPS
+
+    step = STEPS.get(kind)
+    recipe = {"seed": 0, "load": tiny_start, "report": False, "steps": [{kind: step.example}]}
+    with pytest.raises(RecipeError, match=rf"steps\[0\]\.{kind}\.bogus .*: unknown field 'bogus'"):
+        load_recipe({**recipe, "steps": [{kind: {**step.example, "bogus": 1}}]})
+    name, hint = next((k, v) for k, v in step.fields().items() if v in (int, float, str))
+    wrong = 5 if hint is str else "text"
+    with pytest.raises(RecipeError, match=rf"steps\[0\]\.{kind}\.{name} .*: must be "):
+        load_recipe({**recipe, "steps": [{kind: {**step.example, name: wrong}}]})
+    done = run_recipe(recipe, tmp_path / "out", progress=False)
+    record = done["steps"][0]
+    assert record["step"] == kind and 0 <= record["accuracy"] <= 1
+    history = runs.load_run(tmp_path / "out" / "final").config["history"]
+    assert history[-1]["step"] == kind and history[-1]["recipe_step"] == 0
+
+
+def test_distill_teacher_must_be_start_or_a_run(tiny_start, tmp_path):
+    recipe = {
+        "seed": 0,
+        "load": tiny_start,
+        "report": False,
+        "steps": [{"distill": {"teacher": str(tmp_path / "nope"), "epochs": 1}}],
+    }
+    with pytest.raises(RecipeError, match=r"steps\[0\]\.distill.*teacher '.*nope' is not a run"):
+        run_recipe(recipe, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    recipe["steps"] = [{"distill": {"teacher": tiny_start, "epochs": 1, "shift": 0}}]
+    done = run_recipe(recipe, tmp_path / "out", progress=False)
+    assert done["steps"][0]["teacher"] == tiny_start

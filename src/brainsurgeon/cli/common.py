@@ -11,6 +11,20 @@ from typing import Any
 from .._io import _default
 
 
+def add_command(
+    sub: argparse._SubParsersAction, name: str, summary: str, description: str, epilog: str
+) -> argparse.ArgumentParser:
+    """A subcommand parser: one-line ``summary`` for ``brainsurgeon --help``, the module
+    docstring as ``description`` and an ``epilog`` of examples, both printed as written."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_common(parser: argparse.ArgumentParser, *, device: bool = True, seed: bool = True) -> None:
     """``--json``, ``--quiet`` and (optionally) ``--device``, ``--seed`` on every command."""
     parser.add_argument(

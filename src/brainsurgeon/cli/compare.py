@@ -14,7 +14,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import add_common, emit, parse_float_list, parse_kv_list, say, table
+from .common import add_command, add_common, emit, parse_kv_list, say, table
+from .options import TARGET_HELP, add_config_options, config_from_args, float_list
 
 EPILOG = """\
 examples:
@@ -27,53 +28,61 @@ examples:
 then: brainsurgeon report results/compare"""
 
 
+HELP = {
+    "criteria": "criteria to compare (see `brainsurgeon criteria`)",
+    "sparsities": "final sparsities in (0, 1)",
+    "schedule": "pruning schedule",
+    "rounds": "rounds of the iterative schedule",
+    "seeds": "repetitions per cell",
+    "samples": "calibration samples shared by every criterion",
+    "scheme": "selection scheme",
+    "finetune_epochs": "fine-tuning epochs after each round, the same for every cell",
+    "finetune_lr": "fine-tuning learning rate",
+    "quantizers": "quantizers METHOD[:BITS], e.g. kmeans:5,uniform:8,binary",
+    "loss": "loss to measure and fine-tune (cross_entropy when unset)",
+    **TARGET_HELP,
+}
+FIELDS = (
+    "criteria",
+    "sparsities",
+    "schedule",
+    "rounds",
+    "seeds",
+    "samples",
+    "scheme",
+    "finetune_epochs",
+    "finetune_lr",
+    "quantizers",
+    "layers",
+    "exclude",
+    "loss",
+)
+FLAGS = {"sparsities": float_list("--sparsities")}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "compare",
-        help="compare pruning criteria / quantizers under one budget",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    from ..experiments import CompareConfig
+    from ..experiments.compare import SCHEDULES
+    from ..losses import LOSSES
+    from ..pruning import SELECTORS
+
+    p = add_command(
+        sub, "compare", "compare pruning criteria / quantizers under one budget", __doc__, EPILOG
     )
     p.add_argument("run", help="trained run directory to compress")
-    p.add_argument(
-        "--criteria",
-        default="random,magnitude",
-        help="comma-separated criteria (see `brainsurgeon prune --help`); "
-        "default: random,magnitude",
+    add_config_options(
+        p,
+        CompareConfig,
+        fields=FIELDS,
+        help=HELP,
+        choices={"schedule": SCHEDULES, "scheme": SELECTORS.names(), "loss": LOSSES.names()},
+        flags=FLAGS,
     )
-    p.add_argument(
-        "--sparsities",
-        default="0.5,0.7,0.8,0.9,0.95,0.98",
-        help="comma-separated final sparsities in (0, 1)",
-    )
-    p.add_argument("--schedule", default="oneshot", choices=["oneshot", "iterative"])
-    p.add_argument("--rounds", type=int, default=3, help="rounds of the iterative schedule")
-    p.add_argument("--seeds", type=int, default=1, help="repetitions per cell (default: 1)")
-    p.add_argument(
-        "--samples",
-        type=int,
-        default=1000,
-        help="calibration samples shared by every criterion (default: 1000)",
-    )
-    p.add_argument("--scheme", default="global", help="selection scheme (default: global)")
     p.add_argument(
         "--criterion-options",
         default="",
         help="options per criterion as CRITERION:OPTION=VALUE pairs, e.g. "
         "obs:block_size=128,obd:hessian=fisher",
-    )
-    p.add_argument(
-        "--finetune-epochs",
-        type=int,
-        default=0,
-        help="fine-tuning epochs after each round, the same for every cell",
-    )
-    p.add_argument("--finetune-lr", type=float, default=0.005)
-    p.add_argument(
-        "--quantizers",
-        default="",
-        help="comma-separated METHOD[:BITS], e.g. kmeans:5,uniform:8,binary",
     )
     p.add_argument("--out", default=None, help="output folder (default: RUN-compare)")
     p.add_argument(
@@ -81,10 +90,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_common(p)
     p.set_defaults(func=run)
-
-
-def names(text: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 def criterion_options(text: str) -> dict[str, dict[str, Any]]:
@@ -115,18 +120,10 @@ def _auto(value: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     from ..experiments import CompareConfig, compare
 
-    config = CompareConfig(
-        criteria=names(args.criteria),
-        sparsities=tuple(parse_float_list(args.sparsities, what="--sparsities")),
-        schedule=args.schedule,
-        rounds=args.rounds,
-        seeds=args.seeds,
-        seed=args.seed,
-        samples=args.samples,
-        scheme=args.scheme,
-        finetune_epochs=args.finetune_epochs,
-        finetune_lr=args.finetune_lr,
-        quantizers=names(args.quantizers),
+    config = config_from_args(
+        CompareConfig,
+        args,
+        flags=FLAGS,
         criterion_options=criterion_options(args.criterion_options),
     )
     out = Path(args.out or f"{str(args.run).rstrip('/')}-compare")

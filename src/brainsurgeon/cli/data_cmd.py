@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, emit, say, table
+from .common import add_command, add_common, emit, say, table
 
 EPILOG = """\
 examples:
@@ -16,13 +16,7 @@ The cache lives in $BRAINSURGEON_CACHE (default ~/.cache/brainsurgeon)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "data",
-        help="list, fetch or check data sets",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "data", "list, fetch or check data sets", __doc__, EPILOG)
     p.add_argument("action", choices=["list", "fetch", "check"])
     p.add_argument("name", nargs="?", help="fetch: mnist; check: a path or a data set name")
     add_common(p, device=False)

@@ -1,8 +1,8 @@
 """``brainsurgeon demo``: train a small model on the embedded digits, compress it, compare.
 
-Runs the recipe shipped with the package when the recipe runner is installed; otherwise
-train -> magnitude prune -> fine-tune directly. Prints a before/after table (accuracy,
-nonzeros, bytes, FLOPs, latency) and leaves run directories under --out.
+Runs the recipe shipped with the package (``brainsurgeon run`` on ``recipes/demo.yaml``).
+Prints a before/after table (accuracy, nonzeros, bytes, FLOPs, latency) and leaves run
+directories under --out.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import add_common, emit, say, table
+from .common import add_command, add_common, emit, say, table
 
 EPILOG = """\
 examples:
@@ -22,12 +22,8 @@ then look inside:  brainsurgeon inspect runs/demo/compressed"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="train, compress and compare a small model on digits",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        sub, "demo", "train, compress and compare a small model on digits", __doc__, EPILOG
     )
     p.add_argument(
         "--out",
@@ -88,20 +84,17 @@ def comparison_table(before: dict[str, Any], after: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     out = free_path(Path(args.out), args.force)
     start = time.perf_counter()
-    try:
-        from ..recipes import demo_recipe_path, run_recipe
-    except ImportError:
-        result = _direct_demo(args, out)
-    else:
-        say(args, f"running the demo recipe {demo_recipe_path()} into {out}")
-        result = run_recipe(
-            demo_recipe_path(),
-            out,
-            force=args.force,
-            device=args.device,
-            progress=not args.quiet,
-            seed=args.seed,
-        )
+    from ..recipes import demo_recipe_path, run_recipe
+
+    say(args, f"running the demo recipe {demo_recipe_path()} into {out}")
+    result = run_recipe(
+        demo_recipe_path(),
+        out,
+        force=args.force,
+        device=args.device,
+        progress=not args.quiet,
+        seed=args.seed,
+    )
     result["seconds"] = round(time.perf_counter() - start, 1)
     text = "\n".join(
         [
@@ -115,40 +108,3 @@ def run(args: argparse.Namespace) -> int:
     )
     emit(args, result, text)
     return 0
-
-
-def _direct_demo(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """Train lenet300 on digits, magnitude-prune 80%, fine-tune; used without the recipe runner."""
-    import torch
-
-    from .. import runs
-    from ..data import load_data
-    from ..models import build_model
-    from ..pruning.masks import set_mask
-    from ..training import TrainConfig, fit
-    from ..utils import seed_everything
-
-    data = load_data("digits", seed=args.seed)
-    seed_everything(args.seed)
-    model = build_model("lenet300", data.input_shape, data.num_classes)
-    say(args, "training lenet300 on digits ...")
-    fit(model, data, TrainConfig(epochs=30, lr=0.05, seed=args.seed), progress=not args.quiet)
-    before = measure(model, data, data.input_shape)
-    cfg = {"data": data.spec, "normalization": data.normalization, "seed": args.seed}
-    runs.save(model, out / "trained", config=cfg, metrics=before, force=args.force)
-    weights = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    scores = torch.cat([m.weight.detach().abs().flatten() for m in weights.values()])
-    k = int(0.8 * scores.numel())
-    threshold = scores.kthvalue(k).values
-    for m in weights.values():
-        set_mask(m, "weight", m.weight.detach().abs() > threshold)
-    say(args, "magnitude-pruned 80% of weights; fine-tuning ...")
-    fit(
-        model,
-        data,
-        TrainConfig(epochs=10, lr=0.01, schedule="step", seed=args.seed),
-        progress=not args.quiet,
-    )
-    after = measure(model, data, data.input_shape)
-    runs.save(model, out / "compressed", config=cfg, metrics=after, force=args.force)
-    return {"before": before, "after": after, "final_run": str(out / "compressed")}

@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .common import add_common, emit, say, table
+from .common import add_command, add_common, emit, say, table
+from .options import (
+    TARGET_HELP,
+    Flag,
+    add_config_options,
+    add_loss_option,
+    config_from_args,
+    option_types,
+    parse_options,
+)
 from .runs_common import open_run
 
 PRUNE_EPILOG = """\
@@ -34,122 +43,59 @@ saved to OUT/rounds/NN; --resume continues after the last complete one.
 See `brainsurgeon criteria` for the criteria and their options."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "prune",
-        help="prune a run's weights by a saliency criterion",
-        description=__doc__,
-        epilog=PRUNE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("run", help="run directory to prune")
-    p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted --out")
-    p.add_argument("--force", action="store_true", help="discard an existing --out")
-    _scoring(p.add_argument_group("scoring"))
-    _selection(p.add_argument_group("selection"))
-    _schedule(p.add_argument_group("schedule and fine-tuning"))
-    add_common(p)
-    p.set_defaults(func=run)
-
-    c = sub.add_parser(
-        "criteria",
-        help="list the saliency criteria",
-        description="List every saliency criterion with a one-line description and its options.",
-        epilog="example:\n  brainsurgeon criteria --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common(c, device=False, seed=False)
-    c.set_defaults(func=run_criteria)
-
-
-def _scoring(g) -> None:
-    g.add_argument("--criterion", default="magnitude", help="see `brainsurgeon criteria`")
-    g.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="criterion option, repeatable (e.g. --option hessian=ggn)",
-    )
-    g.add_argument("--samples", type=int, default=1000, help="calibration samples (default 1000)")
-    g.add_argument("--batch-size", type=int, default=256, help="batch size for statistics")
-
-
-def _selection(g) -> None:
-    g.add_argument("--amount", type=float, default=0.5, help="final sparsity in (0, 1)")
-    g.add_argument(
-        "--scheme",
-        default="global",
-        help="global | per-layer | class-distribution | threshold | nm",
-    )
-    g.add_argument(
-        "--layer-sparsity",
-        metavar="FILE.json",
-        help='per-layer targets {"fc1": 0.9, ...} (implies --scheme per-layer)',
-    )
-    g.add_argument("--nm", default="2:4", help="N:M pattern for --scheme nm (default 2:4)")
-    g.add_argument("--threshold", type=float, help="score threshold for --scheme threshold")
-    g.add_argument(
-        "--lam", type=float, help="class-distribution factor (default: solved to hit --amount)"
-    )
-    g.add_argument("--include-bias", action="store_true", help="prune biases too")
-    g.add_argument("--exclude-first", action="store_true", help="leave the first layer dense")
-    g.add_argument("--exclude-last", action="store_true", help="leave the last layer dense")
-
-
-def _schedule(g) -> None:
-    g.add_argument("--schedule", default="oneshot", help="oneshot | iterative | gradual | steps")
-    g.add_argument("--rounds", type=int, default=1, help="rounds of prune + fine-tune")
-    g.add_argument("--spacing", default="geometric", help="iterative: geometric | linear")
-    g.add_argument(
-        "--initial-amount",
-        type=float,
-        default=0.0,
-        help="gradual: starting sparsity; steps: the first step's sparsity X",
-    )
-    g.add_argument(
-        "--obs-steps",
-        type=int,
-        default=1,
-        help="split each round into N prune steps, rescoring in between",
-    )
-    g.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs per round")
-    g.add_argument(
-        "--finetune-lr",
-        type=float,
-        default=0.005,
-        help="fine-tuning learning rate, halved every 2 epochs (default 0.005)",
-    )
-    g.add_argument("--finetune-batch-size", type=int, default=64)
-    g.add_argument(
-        "--no-adjust-dropout",
-        action="store_true",
-        help="keep dropout rates while fine-tuning (default: Han's sqrt rule)",
-    )
-    g.add_argument("--l1", type=float, default=0.0, help="L1 penalty while fine-tuning")
-    g.add_argument("--l2", type=float, default=0.0, help="L2 penalty while fine-tuning")
-    g.add_argument(
-        "--group-lasso",
-        type=float,
-        default=0.0,
-        help="group lasso (rows and columns) penalty while fine-tuning",
-    )
-
-
-def parse_options(items: list[str], what: str = "--option") -> dict[str, Any]:
-    """``["hessian=ggn", "k=2"]`` -> ``{"hessian": "ggn", "k": 2}`` (JSON values if they parse)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"{what}: expected KEY=VALUE, got {item!r}; e.g. {what} hessian=ggn")
-        key, text = item.split("=", 1)
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        out[key.strip()] = value
-    return out
+PRUNE_HELP = {
+    "criterion": "saliency criterion (see `brainsurgeon criteria`)",
+    "samples": "calibration samples",
+    "batch_size": "batch size for statistics",
+    "amount": "final sparsity in (0, 1)",
+    "scheme": "selection scheme",
+    "threshold": "score threshold for --scheme threshold",
+    "lam": "class-distribution factor (default: solved to hit --amount)",
+    "nm": "N:M pattern for --scheme nm",
+    "include_bias": "prune biases too",
+    "include_first": "leave the first layer dense",
+    "include_last": "leave the last layer dense",
+    "schedule": "when to prune",
+    "rounds": "rounds of prune + fine-tune",
+    "spacing": "iterative schedule's spacing",
+    "initial_amount": "gradual: starting sparsity; steps: the first step's sparsity X",
+    "obs_steps": "split each round into N prune steps, rescoring in between",
+    "finetune_epochs": "fine-tuning epochs per round",
+    "finetune_lr": "fine-tuning learning rate, halved every 2 epochs",
+    "finetune_batch_size": "fine-tuning batch size",
+    "adjust_dropout": "keep dropout rates while fine-tuning (default: Han's sqrt rule)",
+    "l1": "L1 penalty while fine-tuning",
+    "l2": "L2 penalty while fine-tuning",
+    "group_lasso": "group lasso (rows and columns) penalty while fine-tuning",
+    **TARGET_HELP,
+}
+SCORING = ("criterion", "samples", "batch_size")
+SELECTION = (
+    "amount",
+    "scheme",
+    "nm",
+    "threshold",
+    "lam",
+    "include_bias",
+    "include_first",
+    "include_last",
+    "layers",
+    "exclude",
+)
+SCHEDULE = (
+    "schedule",
+    "rounds",
+    "spacing",
+    "initial_amount",
+    "obs_steps",
+    "finetune_epochs",
+    "finetune_lr",
+    "finetune_batch_size",
+    "adjust_dropout",
+    "l1",
+    "l2",
+    "group_lasso",
+)
 
 
 def _nm(text: str) -> tuple[int, int]:
@@ -158,6 +104,77 @@ def _nm(text: str) -> tuple[int, int]:
     except ValueError:
         raise ConfigError(f"--nm must look like N:M (e.g. 2:4), got {text!r}") from None
     return n, m
+
+
+FLAGS = {
+    "nm": Flag(parse=_nm, metavar="N:M", show=lambda nm: f"{nm[0]}:{nm[1]}"),
+    "include_first": Flag("--exclude-first", invert=True),
+    "include_last": Flag("--exclude-last", invert=True),
+}
+
+
+def choices() -> dict[str, list[str]]:
+    """Valid names of the registry-backed fields (shown in --help, checked by the config)."""
+    from ..pruning import CRITERIA, SCHEDULES, SELECTORS
+    from ..pruning.schedules import SPACINGS
+
+    return {
+        "criterion": CRITERIA.names(),
+        "scheme": SELECTORS.names(),
+        "schedule": SCHEDULES.names(),
+        "spacing": list(SPACINGS),
+    }
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "prune", "prune a run's weights by a saliency criterion", __doc__, PRUNE_EPILOG
+    )
+    p.add_argument("run", help="run directory to prune")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted --out")
+    p.add_argument("--force", action="store_true", help="discard an existing --out")
+    add_prune_options(p)
+    add_common(p)
+    p.set_defaults(func=run)
+
+    c = add_command(
+        sub,
+        "criteria",
+        "list the saliency criteria",
+        "List every saliency criterion with a one-line description and its options.",
+        "example:\n  brainsurgeon criteria --json",
+    )
+    add_common(c, device=False, seed=False)
+    c.set_defaults(func=run_criteria)
+
+
+def add_prune_options(p: argparse.ArgumentParser) -> None:
+    """Every :class:`PruneConfig` option (defaults from the config), ``--option``,
+    ``--layer-sparsity`` and ``--loss``."""
+    from ..pruning import PruneConfig
+
+    valid = choices()
+    scoring = p.add_argument_group("scoring")
+    kw = {"help": PRUNE_HELP, "choices": valid, "flags": FLAGS}
+    add_config_options(scoring, PruneConfig, fields=SCORING, **kw)
+    scoring.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="criterion option, repeatable (e.g. --option hessian=ggn)",
+    )
+    add_loss_option(scoring)
+    selection = p.add_argument_group("selection")
+    add_config_options(selection, PruneConfig, fields=SELECTION, **kw)
+    selection.add_argument(
+        "--layer-sparsity",
+        metavar="FILE.json",
+        help='per-layer targets {"fc1": 0.9, ...} (implies --scheme per-layer)',
+    )
+    schedule = p.add_argument_group("schedule and fine-tuning")
+    add_config_options(schedule, PruneConfig, fields=SCHEDULE, **kw)
 
 
 def _layer_sparsity(path: str | None) -> dict[str, float] | None:
@@ -178,44 +195,29 @@ def _layer_sparsity(path: str | None) -> dict[str, float] | None:
 
 
 def prune_config(args: argparse.Namespace):
-    from ..pruning import PruneConfig
+    """The :class:`PruneConfig` of the parsed options (validated)."""
+    from ..pruning import CRITERIA, PruneConfig
 
     layer_sparsity = _layer_sparsity(args.layer_sparsity)
-    return PruneConfig(
-        criterion=args.criterion,
-        criterion_options=parse_options(args.option),
-        amount=args.amount,
+    types = (
+        option_types(CRITERIA.get(args.criterion).__init__) if args.criterion in CRITERIA else {}
+    )
+    return config_from_args(
+        PruneConfig,
+        args,
+        flags=FLAGS,
+        criterion_options=parse_options(args.option, types=types),
         scheme="per-layer" if layer_sparsity and args.scheme == "global" else args.scheme,
-        schedule=args.schedule,
-        rounds=args.rounds,
-        spacing=args.spacing,
-        initial_amount=args.initial_amount,
-        obs_steps=args.obs_steps,
-        samples=args.samples,
-        batch_size=args.batch_size,
-        seed=args.seed,
         layer_sparsity=layer_sparsity,
-        include_bias=args.include_bias,
-        include_first=not args.exclude_first,
-        include_last=not args.exclude_last,
-        nm=_nm(args.nm),
-        threshold=args.threshold,
-        lam=args.lam,
-        finetune_epochs=args.finetune_epochs,
-        finetune_lr=args.finetune_lr,
-        finetune_batch_size=args.finetune_batch_size,
-        adjust_dropout=not args.no_adjust_dropout,
-        l1=args.l1,
-        l2=args.l2,
-        group_lasso=args.group_lasso,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pruning import prune
-    from ..pruning.iterative import check_out_dir
+    from ..losses import resolve_loss
+    from ..pipeline import check_out_dir, prune_run
 
     config = prune_config(args)  # every option is validated before any work or output
+    resolve_loss(args.loss)
     out = Path(args.out)
     check_out_dir(out, resume=args.resume, force=args.force)
     source = open_run(args)
@@ -233,10 +235,11 @@ def run(args: argparse.Namespace) -> int:
         f"pruning {source.path} with {config.criterion} to {config.amount:.1%} "
         f"({config.scheme}, {config.schedule}) -> {out}",
     )
-    result = prune(
+    result = prune_run(
         source.model,
         config,
         data,
+        loss=args.loss,
         device=args.device,
         progress=not args.quiet,
         out_dir=out,

@@ -1,5 +1,5 @@
-"""``brainsurgeon run``: run a YAML recipe (train or load -> prune -> quantize -> fine-tune ->
-evaluate -> report) into one output folder.
+"""``brainsurgeon run``: run a YAML recipe (train or load -> prune, quantize, factorize,
+distill, fine-tune, evaluate -> report) into one output folder.
 
 The recipe is validated first; a mistake is reported with the field and its line, and nothing
 is written. The folder appears only when every step has finished: OUT/start and OUT/final are
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common, emit, say, table
+from .common import add_command, add_common, emit, say, table
 
 EPILOG = """\
 a recipe:
@@ -29,9 +29,8 @@ a recipe:
     - finetune: {epochs: 2}
     - evaluate: {split: test}
   report: true
-step options are the fields of TrainConfig (train, finetune), PruneConfig (prune) and
-the method's config (quantize: method plus e.g. KMeansConfig's fields); `brainsurgeon
-prune --help` and `quantize --help` describe them.
+step kinds (each step's options are the fields of its config):
+{steps}
 
 examples:
   brainsurgeon run recipe.yaml --out runs/recipe
@@ -40,12 +39,15 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    from ..recipes.steps import STEPS
+
+    steps = "\n".join(f"  {name:<10} {text}" for name, text in STEPS.describe().items())
+    p = add_command(
+        sub,
         "run",
-        help="run a YAML recipe (a whole compression pipeline)",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "run a YAML recipe (a whole compression pipeline)",
+        __doc__,
+        EPILOG.replace("{steps}", steps),
     )
     p.add_argument("recipe", help="recipe file (YAML)")
     p.add_argument("--out", default=None, help="output folder (default: runs/RECIPE-NAME)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common, emit, say
+from .common import add_command, add_common, emit, say
 
 EPILOG = """\
 examples:
@@ -21,12 +21,8 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report",
-        help="self-contained HTML report of a run or experiment folder",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        sub, "report", "self-contained HTML report of a run or experiment folder", __doc__, EPILOG
     )
     p.add_argument(
         "target",

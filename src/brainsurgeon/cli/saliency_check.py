@@ -11,8 +11,8 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from .common import add_common, emit, say, table
-from .prune import parse_options
+from .common import add_command, add_common, emit, say, table
+from .options import add_loss_option, add_target_options, parse_options
 from .runs_common import open_run
 
 EPILOG = """\
@@ -28,12 +28,8 @@ The same sampled weights and calibration samples serve every criterion."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "saliency-check",
-        help="rank agreement of criteria with the true damage",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        sub, "saliency-check", "rank agreement of criteria with the true damage", __doc__, EPILOG
     )
     p.add_argument("run", help="run directory")
     p.add_argument(
@@ -55,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="CRITERION.KEY=VALUE",
         help="criterion option, repeatable (e.g. --option obd.hessian=ggn)",
     )
+    add_loss_option(p)
+    add_target_options(p)
     add_common(p)
     p.set_defaults(func=run)
 
@@ -102,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples,
         device=args.device,
         options=options,
+        loss=args.loss,
+        layers=args.layers,
+        exclude=args.exclude,
         progress=not args.quiet,
     )
     payload = {"run": str(source.path), **report}

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common, emit, parse_float_list, say, table
+from .common import add_command, add_common, emit, say, table
+from .options import TARGET_HELP, add_config_options, config_from_args, float_list
 
 EPILOG = """\
 examples:
@@ -24,20 +25,32 @@ then prune with the suggestion:
       --layer-sparsity results/sens/layer_sparsity.json"""
 
 
+HELP = {
+    "criterion": "criterion",
+    "sparsities": "grid of sparsities in (0, 1)",
+    "samples": "calibration samples",
+    "loss": "loss to measure (cross_entropy when unset)",
+    **TARGET_HELP,
+}
+FLAGS = {"sparsities": float_list("--sparsities")}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "sensitivity",
-        help="per-layer pruning sensitivity curves + suggestion",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    from ..experiments.sensitivity import SensitivityConfig
+    from ..losses import LOSSES
+    from ..pruning import CRITERIA
+
+    p = add_command(
+        sub, "sensitivity", "per-layer pruning sensitivity curves + suggestion", __doc__, EPILOG
     )
     p.add_argument("run", help="trained run directory")
-    p.add_argument("--criterion", default="magnitude", help="criterion (default: magnitude)")
-    p.add_argument(
-        "--sparsities",
-        default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95,0.98,0.99",
-        help="grid of sparsities in (0, 1)",
+    add_config_options(
+        p,
+        SensitivityConfig,
+        fields=("criterion", "sparsities", "samples", "layers", "exclude", "loss"),
+        help=HELP,
+        choices={"criterion": CRITERIA.names(), "loss": LOSSES.names()},
+        flags=FLAGS,
     )
     p.add_argument(
         "--max-drop",
@@ -45,7 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.5,
         help="accuracy budget per layer in percentage points (default: 0.5)",
     )
-    p.add_argument("--samples", type=int, default=1000, help="calibration samples")
     p.add_argument("--out", default=None, help="output folder (default: RUN-sensitivity)")
     p.add_argument("--force", action="store_true", help="discard a different experiment in --out")
     add_common(p)
@@ -61,13 +73,7 @@ def run(args: argparse.Namespace) -> int:
             f"--max-drop is in percentage points and must lie in [0, 100), got "
             f"{args.max_drop}; e.g. --max-drop 0.5"
         )
-    config = SensitivityConfig(
-        criterion=args.criterion,
-        sparsities=tuple(parse_float_list(args.sparsities, what="--sparsities")),
-        max_drop=args.max_drop / 100,
-        samples=args.samples,
-        seed=args.seed,
-    )
+    config = config_from_args(SensitivityConfig, args, flags=FLAGS, max_drop=args.max_drop / 100)
     out = Path(args.out or f"{str(args.run).rstrip('/')}-sensitivity")
     payload = sensitivity(
         args.run, config, out, device=args.device, force=args.force, log=lambda m: say(args, m)

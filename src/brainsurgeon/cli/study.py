@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common, emit, say, table
+from .common import add_command, add_common, emit, say, table
+from .options import add_config_options, config_from_args
 
 EPILOG = """\
 examples:
@@ -26,37 +27,25 @@ examples:
 then: brainsurgeon report results/obd-sd"""
 
 
+HELP = {
+    "criteria": "criteria to study",
+    "rounds": "prune/fine-tune rounds",
+    "final_sparsity": "sparsity after the last round, in (0, 1)",
+    "finetune_epochs": "fine-tuning epochs per round",
+    "finetune_lr": "fine-tuning learning rate",
+    "samples": "calibration samples",
+    "sampled_weights": "weights whose per-sample second derivative is plotted",
+}
+FIELDS = tuple(HELP)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "study",
-        help="experiments from the notes (obd-sd)",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    from ..experiments.study import StudyConfig
+
+    p = add_command(sub, "study", "experiments from the notes (obd-sd)", __doc__, EPILOG)
     p.add_argument("name", choices=["obd-sd"], help="which study (obd-sd)")
     p.add_argument("run", help="trained run directory")
-    p.add_argument(
-        "--criteria",
-        default="obd,obd-sd,random,magnitude",
-        help="comma-separated criteria (default: obd,obd-sd,random,magnitude)",
-    )
-    p.add_argument("--rounds", type=int, default=17, help="prune/fine-tune rounds (default 17)")
-    p.add_argument(
-        "--final-sparsity",
-        type=float,
-        default=0.98,
-        help="sparsity after the last round, in (0, 1) (default: 0.98)",
-    )
-    p.add_argument("--finetune-epochs", type=int, default=1, help="per round (default: 1)")
-    p.add_argument("--finetune-lr", type=float, default=0.005)
-    p.add_argument("--samples", type=int, default=1000, help="calibration samples")
-    p.add_argument(
-        "--sampled-weights",
-        type=int,
-        default=7,
-        help="weights whose per-sample second derivative is plotted (default: 7)",
-    )
+    add_config_options(p, StudyConfig, fields=FIELDS, help=HELP)
     p.add_argument("--out", default=None, help="output folder (default: RUN-obd-sd)")
     p.add_argument("--force", action="store_true", help="discard a different study in --out")
     add_common(p)
@@ -65,18 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiments.study import StudyConfig, study_obd_sd
-    from .compare import names
 
-    config = StudyConfig(
-        criteria=names(args.criteria),
-        rounds=args.rounds,
-        final_sparsity=args.final_sparsity,
-        finetune_epochs=args.finetune_epochs,
-        finetune_lr=args.finetune_lr,
-        samples=args.samples,
-        sampled_weights=args.sampled_weights,
-        seed=args.seed,
-    )
+    config = config_from_args(StudyConfig, args)
     out = Path(args.out or f"{str(args.run).rstrip('/')}-obd-sd")
     payload = study_obd_sd(
         args.run, config, out, device=args.device, force=args.force, log=lambda m: say(args, m)

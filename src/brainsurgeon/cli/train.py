@@ -8,7 +8,8 @@ import time
 
 from ..errors import ConfigError
 from ..training import TrainConfig, evaluate, fit
-from .common import add_common, emit, say, table
+from .common import add_command, add_common, emit, say, table
+from .options import Flag, add_config_options, config_from_args
 from .runs_common import check_out, epoch_printer
 
 EPILOG = """\
@@ -26,14 +27,28 @@ package.module:factory. data: digits (embedded), mnist (fetched once), a folder 
 four MNIST IDX files, or an .npz with x_train, y_train, x_test, y_test [, x_val, y_val]."""
 
 
+HELP = {
+    "epochs": "training epochs",
+    "batch_size": "batch size",
+    "optimizer": "optimizer",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum",
+    "weight_decay": "the optimizer's weight decay",
+    "schedule": "learning-rate schedule",
+    "lr_step": "step schedule: epochs per decay",
+    "lr_gamma": "step schedule: decay factor",
+    "patience": "early stopping: epochs without val improvement (0 = off)",
+    "l1": "L1 penalty strength",
+    "l2": "L2 penalty strength",
+    "shift": "jitter each training image by up to N pixels per axis (Hinton's teacher: 2)",
+    "noise": "add N(0, s^2) input noise while training",
+    "max_norm": "cap each unit's incoming weight norm after each step (0 = off; dropout nets: 3-4)",
+}
+FIELDS = tuple(HELP)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a model and write a run directory",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "train", "train a model and write a run directory", __doc__, EPILOG)
     p.add_argument("--model", default="lenet300", help="model spec (default: lenet300)")
     p.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the model")
     p.add_argument("--data", default="digits", help="digits | mnist | IDX folder | .npz file")
@@ -43,43 +58,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="user data without x_val: hold out this many training samples",
     )
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--optimizer", default="sgd", help="sgd | adam (default: sgd)")
+    from ..training.config import OPTIMIZERS, SCHEDULES
+
+    add_config_options(
+        p,
+        TrainConfig,
+        fields=FIELDS,
+        help=HELP,
+        choices={"optimizer": OPTIMIZERS, "schedule": SCHEDULES},
+        flags={"schedule": Flag("--lr-schedule")},
+    )
     p.add_argument(
         "--lr",
         type=float,
         default=None,
         help="learning rate (default: 0.05 for sgd, 0.001 for adam)",
-    )
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--nesterov", action="store_true")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--lr-schedule", default="cosine", help="none | step | cosine")
-    p.add_argument("--lr-step", type=int, default=2, help="step schedule: epochs per decay")
-    p.add_argument("--lr-gamma", type=float, default=0.5, help="step schedule: decay factor")
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=0,
-        help="early stopping: epochs without val improvement (0 = off)",
-    )
-    p.add_argument("--l1", type=float, default=0.0, help="L1 penalty strength")
-    p.add_argument("--l2", type=float, default=0.0, help="L2 penalty strength")
-    p.add_argument(
-        "--shift",
-        type=int,
-        default=0,
-        help="jitter each training image by up to N pixels per axis (Hinton's teacher: 2)",
-    )
-    p.add_argument(
-        "--noise", type=float, default=0.0, help="add N(0, s^2) input noise while training"
-    )
-    p.add_argument(
-        "--max-norm",
-        type=float,
-        default=0.0,
-        help="cap each unit's incoming weight norm after every step (dropout nets: 3-4; 0 = off)",
     )
     p.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATA)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
@@ -95,26 +88,9 @@ def default_lr(optimizer: str, model: str | None = None) -> float:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of the parsed options (``--lr`` defaults by optimizer)."""
     lr = args.lr if args.lr is not None else default_lr(args.optimizer, args.model)
-    return TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=lr,
-        momentum=args.momentum,
-        nesterov=args.nesterov,
-        weight_decay=args.weight_decay,
-        schedule=args.lr_schedule,
-        lr_step=args.lr_step,
-        lr_gamma=args.lr_gamma,
-        patience=args.patience,
-        l1=args.l1,
-        l2=args.l2,
-        shift=args.shift,
-        noise=args.noise,
-        max_norm=args.max_norm,
-        seed=args.seed,
-    )
+    return config_from_args(TrainConfig, args, lr=lr)
 
 
 def parse_json_kwargs(text: str, what: str) -> dict:

@@ -34,7 +34,9 @@ SCHEDULES = ("oneshot", "iterative")
 class CompareConfig(Config):
     """What to compare. ``quantizers``: ``"kmeans:5"``, ``"uniform:8"``, ``"binary"``, ...
     (method[:bits]). ``rounds``: prune/fine-tune rounds of the iterative schedule.
-    ``criterion_options``: ``{"obs": {"block_size": 128}}``, options per criterion."""
+    ``criterion_options``: ``{"obs": {"block_size": 128}}``, options per criterion.
+    ``layers`` / ``exclude``: glob patterns choosing the pruned tensors; ``loss``: a
+    registered loss name (None: cross entropy)."""
 
     criteria: tuple[str, ...] = ("random", "magnitude")
     sparsities: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -48,9 +50,16 @@ class CompareConfig(Config):
     finetune_lr: float = 0.005
     quantizers: tuple[str, ...] = ()
     criterion_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layers: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    loss: str | None = None
 
     def __post_init__(self) -> None:
+        from ..losses import LOSSES
         from ..pruning import CRITERIA, make_criterion
+
+        if self.loss is not None:
+            LOSSES.get(self.loss)
 
         if not self.criteria and not self.quantizers:
             raise ConfigError(
@@ -131,26 +140,14 @@ def compare(
     }
     out.start({"run": str(base.path), "budget": budget})
     shape = tuple(base.config["model"]["input_shape"])
+    todo = cell_plan(config)
 
     def compute(key: str) -> dict[str, Any]:
-        start = time.perf_counter()
-        model = copy.deepcopy(base.model).to(device)
-        cell = todo[key]
-        if cell["kind"] == "prune":
-            info = _prune_cell(model, cell, config, calib, data, device)
-        else:
-            info = _quant_cell(model, cell, config, data)
-        ev = _evaluate(model, data)
         return {
-            **cell,
-            **info,
-            **ev,
-            **size_metrics(model.cpu(), shape),
+            **_cell(base.model, todo[key], config, calib, data, device, shape),
             "budget": budget,
-            "seconds": round(time.perf_counter() - start, 3),
         }
 
-    todo = cell_plan(config)
     baseline = out.run_cells(
         ["baseline"],
         lambda k: {
@@ -182,6 +179,23 @@ def compare(
     return payload
 
 
+def _cell(base_model, cell, config: CompareConfig, calib, data, device, shape) -> dict[str, Any]:
+    """One cell on a fresh copy of the trained model: compress, evaluate, measure the size."""
+    start = time.perf_counter()
+    model = copy.deepcopy(base_model).to(device)
+    if cell["kind"] == "prune":
+        info = _prune_cell(model, cell, config, calib, data, device)
+    else:
+        info = _quant_cell(model, cell, config, data)
+    return {
+        **cell,
+        **info,
+        **_evaluate(model, data),
+        **size_metrics(model.cpu(), shape),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
 def cell_plan(config: CompareConfig) -> dict[str, dict[str, Any]]:
     """``{key: cell description}`` for every cell, in run order."""
     cells: dict[str, dict[str, Any]] = {}
@@ -206,7 +220,7 @@ def _prune_cell(model, cell, config: CompareConfig, calib, data, device) -> dict
     same budget after each round. Calibration samples and criterion seed are shared by all
     cells; the ``random`` criterion and the fine-tuning shuffle take the cell's seed."""
     from ..pruning import PruneConfig, prune
-    from ..pruning.iterative import finetune
+    from ..pruning.iterative import finetune_round
     from ..pruning.schedules import plan
 
     seed = config.seed + cell["seed_index"]
@@ -222,6 +236,8 @@ def _prune_cell(model, cell, config: CompareConfig, calib, data, device) -> dict
         seed=config.seed,
         finetune_lr=config.finetune_lr,
         finetune_epochs=config.finetune_epochs,
+        layers=config.layers,
+        exclude=config.exclude,
     )
     rounds = 1 if config.schedule == "oneshot" else config.rounds
     targets = plan(config.schedule, cell["sparsity"], rounds, 0.0, "geometric")
@@ -231,6 +247,7 @@ def _prune_cell(model, cell, config: CompareConfig, calib, data, device) -> dict
             model,
             cfg.replace(amount=float(target), finetune_epochs=0),
             calib,
+            loss=config.loss,
             device=device,
             progress=False,
         )
@@ -239,7 +256,15 @@ def _prune_cell(model, cell, config: CompareConfig, calib, data, device) -> dict
         rec = {"round": r, "target": float(target), "sparsity": result.total_sparsity}
         if config.finetune_epochs:
             rec["accuracy_before_finetune"] = _evaluate(model, data)["accuracy"]
-            finetune(model, data, cfg.replace(seed=seed), r, device=device, progress=False)
+            finetune_round(
+                model,
+                data,
+                cfg.replace(seed=seed),
+                r,
+                loss=config.loss,
+                device=device,
+                progress=False,
+            )
         records.append(rec)
     return {
         "total_sparsity": result.total_sparsity,

@@ -36,18 +36,26 @@ GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 @dataclass(frozen=True)
 class SensitivityConfig(Config):
     """``sparsities``: the grid; ``max_drop``: allowed validation-accuracy drop per layer
-    (a fraction: 0.005 = half a percentage point); ``samples``: calibration samples."""
+    (a fraction: 0.005 = half a percentage point); ``samples``: calibration samples;
+    ``layers`` / ``exclude``: glob patterns choosing the layers; ``loss``: a registered loss
+    name (None: cross entropy)."""
 
     criterion: str = "magnitude"
     sparsities: tuple[float, ...] = GRID
     max_drop: float = 0.005
     samples: int = 1000
     seed: int = 0
+    layers: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    loss: str | None = None
 
     def __post_init__(self) -> None:
+        from ..losses import LOSSES
         from ..pruning import CRITERIA
 
         CRITERIA.get(self.criterion)
+        if self.loss is not None:
+            LOSSES.get(self.loss)
         if not self.sparsities:
             raise ConfigError("sparsities: the list is empty; e.g. --sparsities 0.5,0.8,0.9")
         for s in self.sparsities:
@@ -71,33 +79,20 @@ def sensitivity(
     log: Log | None = None,
 ) -> dict[str, Any]:
     """Measure the curves, write ``sensitivity.json``, ``layer_sparsity.json`` and a plot."""
-    from ..pruning.targets import eligible_targets
+    from ..models.adapters import compressible
 
     base = open_base(run)
     out = ExperimentDir(out_dir, "sensitivity", config.to_dict(), force=force)
     device = resolve_device(device)
     data = data if data is not None else base.data(progress=False)
     calib = data.train.subset(config.samples, seed=config.seed)
-    layers = list(eligible_targets(base.model))
+    layers = list(compressible(base.model, layers=config.layers, exclude=config.exclude))
     out.start({"run": str(base.path)})
     baseline = _evaluate(base.model, data)
 
     def compute(key: str) -> dict[str, Any]:
         layer, s = key.rsplit("@", 1)
-        start = time.perf_counter()
-        model = _pruned(
-            base.model,
-            config,
-            {n: (float(s) if n == layer else 0.0) for n in layers},
-            calib,
-            device,
-        )
-        return {
-            "layer": layer,
-            "sparsity": float(s),
-            **_evaluate(model, data),
-            "seconds": round(time.perf_counter() - start, 3),
-        }
+        return _layer_cell(base.model, config, layers, layer, float(s), calib, data, device)
 
     keys = [f"{layer}@{s:g}" for layer in layers for s in sorted(config.sparsities)]
     cells = out.run_cells(keys, compute, log)
@@ -130,6 +125,18 @@ def sensitivity(
     return payload
 
 
+def _layer_cell(model, config, layers, layer: str, s: float, calib, data, device):
+    """Prune only ``layer`` to ``s`` (a copy of ``model``) and measure the accuracy."""
+    start = time.perf_counter()
+    pruned = _pruned(model, config, {n: (s if n == layer else 0.0) for n in layers}, calib, device)
+    return {
+        "layer": layer,
+        "sparsity": s,
+        **_evaluate(pruned, data),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
 def suggest(
     curves: dict[str, list[dict[str, Any]]], base_acc: float, max_drop: float
 ) -> dict[str, float]:
@@ -155,8 +162,10 @@ def _pruned(model, config: SensitivityConfig, layer_sparsity: dict[str, float], 
         layer_sparsity=layer_sparsity,
         samples=len(calib),
         seed=config.seed,
+        layers=config.layers,
+        exclude=config.exclude,
     )
-    prune(model, cfg, calib, device=device, progress=False)
+    prune(model, cfg, calib, loss=config.loss, device=device, progress=False)
     return model
 
 

@@ -121,7 +121,7 @@ def study_obd_sd(
 
 def _criterion_rounds(base_model, crit, targets_plan, calib, data, config, device, log):
     from ..pruning import PruneConfig, prune
-    from ..pruning.iterative import finetune
+    from ..pruning.iterative import finetune_round
 
     model = copy.deepcopy(base_model).to(device)
     options = {"seed": config.seed} if crit == "random" else {}
@@ -151,7 +151,7 @@ def _criterion_rounds(base_model, crit, targets_plan, calib, data, config, devic
         measured = _calib_loss(model, calib) - loss_before
         acc_pruned = _evaluate(model, data)["accuracy"]
         if config.finetune_epochs:
-            finetune(model, data, cfg, r, device=device, progress=False)
+            finetune_round(model, data, cfg, r, device=device, progress=False)
         ev = _evaluate(model, data)
         rounds.append(
             {
@@ -181,9 +181,9 @@ def _criterion_rounds(base_model, crit, targets_plan, calib, data, config, devic
 
 
 def _targets(model):
-    from ..pruning.targets import eligible_targets
+    from ..models.adapters import compressible
 
-    return eligible_targets(model)
+    return compressible(model)
 
 
 def _keep(model) -> dict[str, torch.Tensor]:

@@ -1,73 +1,105 @@
-"""Rounds of prune + fine-tune: fine-tuning helpers and the resumable round store.
+"""Rounds of prune + fine-tune: the pruning-specific parts of fine-tuning (Han's dropout
+adjustment, group lasso, per-round seeds), evaluation, and undo on failure.
 
-Each finished round is written atomically to ``OUT/rounds/NN/`` (``model.safetensors`` with
-the masks, ``config.json``, ``metrics.json``; a loadable run directory when the model has a
-spec). A run killed at any moment leaves only complete rounds behind, and ``resume`` restarts
-after the last one. Every random choice of round ``r`` is seeded from ``seed + r`` (criterion,
-calibration subset, fine-tuning shuffle and dropout), so a resumed run ends exactly where an
-uninterrupted one does.
+The fine-tuning itself is the pipeline's one :func:`brainsurgeon.pipeline.finetune`; files
+(round checkpoints, resume) are the pipeline's too (:mod:`brainsurgeon.pipeline.store`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import inspect
 import math
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.utils import parametrize
 
-from .. import runs, state
-from .._io import atomic_dir, write_json
 from ..data.core import DataLike
-from ..errors import RunDirError
-from ..training import TrainConfig, fit
+from ..losses import LossLike
+from ..models.adapters import Targets, compressible_layers
+from ..training import evaluate
 from .config import PruneConfig
-from .masks import find_mask, set_mask
+from .masks import Mask, find_mask
 from .regularizers import group_lasso
-from .targets import prunable_layers
-
-ROUNDS_DIR = "rounds"
 
 
-def finetune(
+def finetune_round(
     model: nn.Module,
     data: DataLike,
     config: PruneConfig,
     round_index: int,
     *,
-    device: torch.device,
-    progress: bool,
+    loss: LossLike = None,
+    device: torch.device | str = "auto",
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Fine-tune at ``finetune_lr`` halved every 2 epochs (Han 2015), seeded per round."""
-    train = TrainConfig(
+    """Fine-tune after round ``round_index``: ``finetune_epochs`` at ``finetune_lr`` halved
+    every 2 epochs (Han 2015), seeded from ``seed + round_index``, with the dropout
+    adjustment and group-lasso penalty of ``config``."""
+    from ..pipeline.finetune import FinetuneConfig, finetune  # the pipeline imports pruning
+
+    tune = FinetuneConfig(
         epochs=config.finetune_epochs,
-        batch_size=config.finetune_batch_size,
         lr=config.finetune_lr,
-        schedule="step",
-        lr_step=2,
-        lr_gamma=0.5,
+        batch_size=config.finetune_batch_size,
         l1=config.l1,
         l2=config.l2,
         seed=config.seed + round_index,
     )
     penalties = [group_lasso(config.group_lasso)] if config.group_lasso else None
-    with torch.random.fork_rng(devices=[]), _adjusted_dropout(model, config.adjust_dropout):
-        torch.manual_seed(config.seed + round_index)
-        return fit(
+    with _adjusted_dropout(model, config.adjust_dropout):
+        return finetune(
             model,
             data,
-            train,
-            device=device,
+            tune,
+            loss=loss,
             penalties=penalties,
+            device=device,
             progress=progress,
             desc=f"fine-tune round {round_index}",
         )
+
+
+def evaluate_on(model: nn.Module, data: DataLike, loss: LossLike = None) -> dict[str, Any]:
+    """Test-split metrics of ``model`` (under ``loss`` where ``evaluate`` takes one)."""
+    if loss is None or "loss" not in inspect.signature(evaluate).parameters:
+        return evaluate(model, data, split="test")
+    return evaluate(model, data, split="test", loss=loss)
+
+
+@contextlib.contextmanager
+def unchanged_on_error(model: nn.Module, targets: Targets) -> Iterator[None]:
+    """Undo everything the block did to ``model`` if it raises (any exception, Ctrl-C).
+
+    Keeps a copy of the ``state_dict`` (one clone of every tensor: the model's size in
+    memory, a memory copy in time) and which targets were masked; on an exception the
+    masks added since are removed and the tensors and train/eval flags restored.
+    """
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    masked = {n for n, (m, t) in targets.items() if find_mask(m, t) is not None}
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    except BaseException:
+        for name, (module, tensor_name) in targets.items():
+            mask = find_mask(module, tensor_name)
+            if name not in masked and mask is not None:
+                _drop_mask(module, tensor_name, mask)
+        model.load_state_dict(saved, strict=False)
+        for module, flag in modes:
+            module.training = flag
+        raise
+
+
+def _drop_mask(module: nn.Module, tensor_name: str, mask: Mask) -> None:
+    chain = module.parametrizations[tensor_name]
+    if len(chain) == 1:
+        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=False)
+        return
+    del chain[next(i for i, p in enumerate(chain) if p is mask)]
 
 
 @contextlib.contextmanager
@@ -75,12 +107,13 @@ def _adjusted_dropout(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Han 2015: ``D_r = D_o sqrt(C_ir / C_io)`` while retraining; restored afterwards.
 
     ``C_i`` counts the connections of the layer whose outputs the dropout drops (the closest
-    Linear/Conv before it in module order): all of them originally, the unpruned ones now.
+    compressible layer before it in module order): all of them originally, the unpruned ones
+    now.
     """
-    changed: list[tuple[nn.Dropout, float]] = []
+    changed: list[tuple[nn.Module, float]] = []
     if enabled:
         layer = None
-        layers = dict(prunable_layers(model))
+        layers = dict(compressible_layers(model))
         for name, module in model.named_modules():
             if name in layers:
                 layer = layers[name]
@@ -95,98 +128,3 @@ def _adjusted_dropout(model: nn.Module, enabled: bool) -> Iterator[None]:
     finally:
         for module, p in changed:
             module.p = p
-
-
-def check_out_dir(path: str | Path, *, resume: bool, force: bool) -> None:
-    """Refuse an existing output directory unless resuming (a pruning run) or forcing."""
-    path = Path(path)
-    if not path.exists() or force and not resume:
-        return
-    finished, partial = (path / runs.CONFIG_FILE).exists(), (path / ROUNDS_DIR).is_dir()
-    if not (finished or partial):
-        raise RunDirError(
-            f"{path} already exists and holds no pruning run; choose another "
-            "--out, or pass --force to replace it"
-        )
-    if not resume:
-        held = "a finished run" if finished else "an unfinished pruning run"
-        raise RunDirError(
-            f"{path} already holds {held}; pass --resume to continue it or "
-            "--force to start over, or choose another --out"
-        )
-
-
-class RoundStore:
-    """Checkpoints under ``OUT/rounds/NN/``; knows which rounds are complete."""
-
-    def __init__(
-        self, out_dir: str | Path, config: PruneConfig, base_config: dict[str, Any] | None = None
-    ) -> None:
-        self.root = Path(out_dir)
-        self.config = config
-        self.base_config = dict(base_config or {})
-
-    def path(self, index: int) -> Path:
-        return self.root / ROUNDS_DIR / f"{index:02d}"
-
-    def completed(self) -> list[int]:
-        folder = self.root / ROUNDS_DIR
-        if not folder.is_dir():
-            return []
-        done = {
-            int(p.name)
-            for p in folder.iterdir()
-            if p.name.isdigit() and (p / runs.CONFIG_FILE).exists()
-        }
-        count = 0
-        while count + 1 in done:  # rounds are written in order; keep the complete prefix
-            count += 1
-        return list(range(1, count + 1))
-
-    def save(self, model: nn.Module, index: int, record: dict[str, Any]) -> None:
-        cfg = {"pruning_round": index, "pruning_config": self.config.to_dict()}
-        if state.spec_of(model) is not None:
-            cfg = {**self.base_config, **cfg}
-            runs.save(model, self.path(index), config=cfg, metrics=record, force=True)
-            return
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        with atomic_dir(self.path(index), force=True) as tmp:
-            save_file(tensors, str(tmp / runs.MODEL_FILE))
-            write_json(tmp / runs.CONFIG_FILE, {**cfg, "parametrizations": state.describe(model)})
-            write_json(tmp / runs.METRICS_FILE, record)
-
-    def load(self, model: nn.Module, index: int) -> dict[str, Any]:
-        """Restore round ``index`` into ``model`` (masks first, then tensors); its record."""
-        path = self.path(index)
-        cfg = json.loads((path / runs.CONFIG_FILE).read_text())
-        self.check_config(cfg)
-        for rec in cfg.get("parametrizations", []):
-            module = model.get_submodule(rec["module"])
-            if (
-                any(item["kind"] == "mask" for item in rec["chain"])
-                and find_mask(module, rec["tensor"]) is None
-            ):
-                set_mask(module, rec["tensor"], torch.ones_like(getattr(module, rec["tensor"])))
-        tensors = load_file(str(path / runs.MODEL_FILE))
-        device = next(iter(model.state_dict().values())).device
-        model.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=True)
-        return json.loads((path / runs.METRICS_FILE).read_text())
-
-    def check_config(self, cfg: dict[str, Any]) -> None:
-        saved = cfg.get("pruning_config", {})
-        ours = self.config.to_dict()
-        diff = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
-        if diff:
-            raise RunDirError(
-                f"{self.root} holds rounds of a different pruning run (fields differ: {diff}); "
-                "use the same options to --resume, or --force to start over"
-            )
-
-    def records(self) -> list[dict[str, Any]]:
-        return [
-            json.loads((self.path(i) / runs.METRICS_FILE).read_text()) for i in self.completed()
-        ]
-
-    def clear(self) -> None:
-        if self.root.exists():
-            shutil.rmtree(self.root)

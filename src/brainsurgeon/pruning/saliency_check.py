@@ -23,11 +23,12 @@ from torch import nn
 
 from ..data.core import DataLike, as_dataset
 from ..errors import ConfigError
-from ..utils import resolve_device
+from ..losses import LossLike, resolve_loss
+from ..models.adapters import compressible
+from ..utils import preserved_modes, resolve_device
+from .api import make_context
 from .criteria import Criterion, SaliencyContext, make_criterion
 from .damage import measure_damage, sample_entries
-from .step import current_masks
-from .targets import eligible_targets
 
 
 def saliency_check(
@@ -40,6 +41,9 @@ def saliency_check(
     samples: int = 1000,
     device: str | torch.device = "auto",
     options: dict[str, dict[str, Any]] | None = None,
+    loss: LossLike = None,
+    layers: tuple[str, ...] | None = None,
+    exclude: tuple[str, ...] = (),
     progress: bool = False,
 ) -> dict[str, Any]:
     """Score ``criteria`` against measured damage; returns ``{"criteria": [row, ...], ...}``.
@@ -48,8 +52,53 @@ def saliency_check(
     for rank-only criteria), ``mean_predicted``, ``loss_scale``, ``seconds``. ``options``:
     per-criterion options, e.g. ``{"obd": {"hessian": "ggn"}}``. ``criteria`` may also map
     labels to built criteria (``{"obd ggn": make_criterion("obd", hessian="ggn"), ...}``) to
-    compare variants of one criterion against a single measurement.
+    compare variants of one criterion against a single measurement. ``loss``: the loss whose
+    increase is measured and predicted (a name or ``(output, target) -> scalar``);
+    ``layers`` / ``exclude``: glob patterns choosing the sampled tensors.
     """
+    built = _check(criteria, data, weights, options)
+    targets = compressible(model, layers=layers, exclude=exclude)
+    device = resolve_device(device)
+    model.to(device)
+    with preserved_modes(model, "eval"):
+        calib = as_dataset(data, "train").subset(samples, seed=seed)
+        ctx = make_context(
+            model,
+            targets,
+            calib,
+            loss_fn=resolve_loss(loss),
+            batch_size=256,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
+        idx = sample_entries(ctx, int(weights), seed=seed)
+        start = time.perf_counter()
+        true = measure_damage(ctx, idx, desc="true damage")
+        truth = torch.cat([true[n] for n in idx]).numpy()
+        true_seconds = time.perf_counter() - start
+        rows = [_row(name, crit, ctx, idx, truth) for name, crit in built.items()]
+    return {
+        "weights": int(truth.size),
+        "samples": len(ctx.data),
+        "seed": seed,
+        "true_damage": {**_summary(truth), "seconds": round(true_seconds, 3)},
+        "criteria": rows,
+    }
+
+
+def _summary(truth: np.ndarray) -> dict[str, float]:
+    return {
+        "mean": float(truth.mean()),
+        "median": float(np.median(truth)),
+        "min": float(truth.min()),
+        "max": float(truth.max()),
+        "negative_fraction": float((truth < 0).mean()),
+    }
+
+
+def _check(criteria, data, weights, options) -> dict[str, Criterion]:
+    """Every argument checked before any work; the built criteria by label."""
     if not criteria:
         raise ConfigError("saliency-check needs at least one criterion, e.g. obd,magnitude")
     if data is None:
@@ -57,34 +106,7 @@ def saliency_check(
     built = _build(criteria, options or {})
     if isinstance(weights, bool) or int(weights) < 3:
         raise ConfigError(f"weights must be an integer >= 3 (sampled weights), got {weights!r}")
-    device = resolve_device(device)
-    model.to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        ctx = _context(model, data, samples, seed, device, progress)
-        idx = sample_entries(ctx, int(weights), seed=seed)
-        start = time.perf_counter()
-        true = measure_damage(ctx, idx, desc="true damage")
-        truth = torch.cat([true[n] for n in idx]).numpy()
-        true_seconds = time.perf_counter() - start
-        rows = [_row(name, crit, ctx, idx, truth) for name, crit in built.items()]
-    finally:
-        model.train(was_training)
-    return {
-        "weights": int(truth.size),
-        "samples": len(ctx.data),
-        "seed": seed,
-        "true_damage": {
-            "mean": float(truth.mean()),
-            "median": float(np.median(truth)),
-            "min": float(truth.min()),
-            "max": float(truth.max()),
-            "negative_fraction": float((truth < 0).mean()),
-            "seconds": round(true_seconds, 3),
-        },
-        "criteria": rows,
-    }
+    return built
 
 
 def _build(criteria, options) -> dict[str, Criterion]:
@@ -99,20 +121,6 @@ def _build(criteria, options) -> dict[str, Criterion]:
             f"{list(criteria)}; add them to the list or drop the options"
         )
     return {name: make_criterion(name, **options.get(name, {})) for name in criteria}
-
-
-def _context(model, data, samples, seed, device, progress) -> SaliencyContext:
-    calib = as_dataset(data, "train").subset(samples, seed=seed)
-    targets = eligible_targets(model)
-    return SaliencyContext(
-        model=model,
-        targets=targets,
-        data=calib,
-        seed=seed,
-        device=device,
-        progress=progress,
-        masks=current_masks(targets),
-    )
 
 
 def _row(name: str, crit, ctx: SaliencyContext, idx, truth: np.ndarray) -> dict[str, Any]:

@@ -2,13 +2,14 @@
 
 ``run_recipe(path_or_dict, out_dir, *, device=None, progress=True, force=False, seed=None)``
 validates the recipe (errors name the field and its line) and runs it; ``demo_recipe_path()``
-is the recipe ``brainsurgeon demo`` runs.
+is the recipe ``brainsurgeon demo`` runs. Step kinds: the registry ``STEPS``.
 """
 
 from pathlib import Path
 
 from .runner import RECIPE_FILE, run_recipe
 from .schema import STEP_KINDS, Recipe, RecipeError, load_recipe, validate
+from .steps import STEPS, StepContext, StepKind
 
 
 def demo_recipe_path() -> Path:
@@ -21,6 +22,9 @@ __all__ = [
     "STEP_KINDS",
     "Recipe",
     "RecipeError",
+    "STEPS",
+    "StepContext",
+    "StepKind",
     "demo_recipe_path",
     "load_recipe",
     "run_recipe",

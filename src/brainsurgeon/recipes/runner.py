@@ -1,4 +1,5 @@
-"""Run a recipe: train or load -> prune -> quantize -> fine-tune -> evaluate -> report.
+"""Run a recipe: train or load -> the steps (registered kinds: prune, quantize, factorize,
+distill, fine-tune, evaluate, ...) -> report.
 
 The output folder is built under a temporary name and moved into place only when every
 step has finished, so it appears complete or not at all::
@@ -29,6 +30,7 @@ from .._io import atomic_dir, write_json, write_text
 from ..errors import BrainsurgeonError, RunDirError
 from ..utils import environment, resolve_device, seed_everything
 from .schema import Recipe, load_recipe, step_config
+from .steps import STEPS, StepContext
 
 RECIPE_FILE = "recipe.yaml"
 
@@ -77,16 +79,18 @@ def _execute(r: Recipe, tmp: Path, out: Path, device, progress: bool, say) -> di
     if "load" in r.data:  # the starting point is the loaded run as it is
         before = _save_start(model, data, tmp, base_cfg, history, r, files)
     steps = []
+    ctx = StepContext(model, data, device, progress, start=tmp / "start", compression=compression)
     for i, (kind, options) in enumerate(r.steps):
         say(f"step {i + 1}/{len(r.steps)}: {kind} {options or ''}")
         try:
-            record = _step(kind, options, r.seed + i, model, data, device, progress, compression)
+            record = _step(kind, options, r.seed + i, ctx)
         except BrainsurgeonError as err:  # name the step that failed, with its line
             raise r.error(f"steps[{i}].{kind}", str(err)) from None
         steps.append(record)
         history.append({"step": kind, "recipe_step": i, **_brief(record)})
         if before is None:  # a new model: the starting point is the trained one
-            before = _save_start(model, data, tmp, base_cfg, history, r, files)
+            before = _save_start(ctx.model, data, tmp, base_cfg, history, r, files)
+    model = ctx.model
     after = _measure(model, data)
     history[-1]["parent"] = str(out / "start")
     final_cfg = {**base_cfg, "history": history, "compression": compression, "recipe": r.data}
@@ -144,50 +148,28 @@ def _start(r: Recipe, device, progress: bool, say):
     )
 
 
-def _step(kind, options, seed, model, data, device, progress, compression) -> dict[str, Any]:
-    from ..training import evaluate, fit
+def _step(kind: str, options, seed: int, ctx: StepContext) -> dict[str, Any]:
+    """Run one step through its registered kind; then evaluate it on its split."""
+    from ..training import evaluate
 
-    cfg = step_config(kind, options, seed=seed if "seed" not in options else options["seed"])
+    opts = step_config(kind, options, seed=seed if "seed" not in options else options["seed"])
     start = time.perf_counter()
     record: dict[str, Any] = {"step": kind, "options": options}
-    if kind in ("train", "finetune"):
-        torch.manual_seed(cfg.seed)
-        history = fit(model, data, cfg, device=device, progress=progress, desc=kind)
-        record["epochs"] = len(history)
-        record["train_loss"] = history[-1]["train_loss"] if history else None
-    elif kind == "prune":
-        from ..pruning import prune
-
-        result = prune(model, cfg, data, device=device, progress=progress)
-        record.update(
-            total_sparsity=result.total_sparsity,
-            predicted_damage=result.predicted_damage,
-            rounds=result.rounds,
-        )
-        compression["pruning"] = {
-            "config": cfg.to_dict(),
-            "sparsity": result.sparsity,
-            "total_sparsity": result.total_sparsity,
-        }
-    elif kind == "quantize":
-        from ..quantization import quantize
-
-        result = quantize(model, cfg, data, device=device, progress=progress)
-        record.update(result.summary())
-        compression["quantization"] = result.summary()
-    ev = evaluate(model, data, split=cfg["split"] if kind == "evaluate" else "test")
+    record.update(STEPS.get(kind).run(ctx, opts))
+    split = opts["split"] if kind == "evaluate" else "test"
+    ev = evaluate(ctx.model, ctx.data, split=split)
     record.update(
         accuracy=ev["accuracy"],
         loss=ev["loss"],
         errors=ev["errors"],
-        split=cfg["split"] if kind == "evaluate" else "test",
+        split=split,
         seconds=round(time.perf_counter() - start, 3),
     )
     return record
 
 
 def _brief(record: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "total_sparsity", "bits_per_weight", "epochs", "split")
+    keys = ("accuracy", "total_sparsity", "bits_per_weight", "epochs", "split", "weight_ratio")
     return {k: record[k] for k in keys if k in record}
 
 

@@ -11,17 +11,19 @@
       - train: {epochs: 30, lr: 0.05}              # TrainConfig fields
       - prune: {criterion: obd, amount: 0.8}       # PruneConfig fields
       - quantize: {method: kmeans, bits: 5}        # method + its config's fields
-      - finetune: {epochs: 2}                      # TrainConfig fields (lr 0.005, step decay)
+      - finetune: {epochs: 2}                      # FinetuneConfig fields (lr 0.005, halved)
+      - factorize: {energy: 0.95}                  # FactorizeConfig fields
+      - distill: {teacher: start, epochs: 2}       # DistillConfig fields; teacher: start | run
       - evaluate: {split: test}
     report: true                  # write report.html
 
-Every mistake is reported with the field's path and its line in the file
+Step kinds come from the registry :data:`brainsurgeon.recipes.steps.STEPS`. Every mistake is
+reported with the field's path and its line in the file
 (``steps[1].prune.criterion (line 9): unknown criterion 'obx'; valid: ...``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 import types
@@ -33,8 +35,9 @@ from typing import Any
 import yaml
 
 from ..errors import BrainsurgeonError, ConfigError
+from .steps import STEPS, StepOptions
 
-STEP_KINDS = ("train", "prune", "quantize", "finetune", "evaluate")
+STEP_KINDS = STEPS  # the registry: names, descriptions, ``in``
 TOP_LEVEL: dict[str, Any] = {
     "name": str,
     "description": str,
@@ -48,8 +51,6 @@ TOP_LEVEL: dict[str, Any] = {
     "report": bool,
     "sram": str | int,
 }
-FINETUNE_DEFAULTS = {"epochs": 2, "lr": 0.005, "schedule": "step", "lr_step": 2, "lr_gamma": 0.5}
-EVALUATE_FIELDS = {"split": str}
 
 
 class RecipeError(ConfigError):
@@ -201,14 +202,13 @@ def _check_step(r: Recipe, i: int, step: Any) -> None:
         raise r.error(
             path,
             f"each step is one 'kind: {{options}}' pair with kind one of "
-            f"{', '.join(STEP_KINDS)}; got {_show(step)}",
+            f"{', '.join(STEPS)}; got {_show(step)}",
         )
     kind, options = next(iter(step.items()))
-    if kind not in STEP_KINDS:
+    if kind not in STEPS:
         raise r.error(
             path,
-            f"unknown step {kind!r}; valid: {', '.join(STEP_KINDS)}"
-            f"{_did_you_mean(kind, STEP_KINDS)}",
+            f"unknown step {kind!r}; valid: {', '.join(STEPS)}{_did_you_mean(kind, STEPS)}",
         )
     if options is None:
         step[kind] = options = {}
@@ -230,52 +230,13 @@ def _check_step(r: Recipe, i: int, step: Any) -> None:
 
 
 def step_fields(kind: str) -> dict[str, Any]:
-    """Field name -> type hint of a step kind's options (quantize: ``method`` and the fields
-    of every method's config; the chosen method's config then refuses the others)."""
-    if kind == "evaluate":
-        return dict(EVALUATE_FIELDS)
-    if kind == "quantize":
-        from ..quantization import QUANTIZERS
-
-        out: dict[str, Any] = {"method": str}
-        for name in QUANTIZERS:
-            cls = QUANTIZERS.get(name).config
-            hints = typing.get_type_hints(cls)
-            out.update({f.name: hints[f.name] for f in dataclasses.fields(cls)})
-        return out
-    cls = config_class(kind)
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    """Field name -> type hint of a step kind's options."""
+    return STEPS.get(kind).fields()
 
 
-def config_class(kind: str):
-    if kind in ("train", "finetune"):
-        from ..training import TrainConfig
-
-        return TrainConfig
-    if kind == "prune":
-        from ..pruning import PruneConfig
-
-        return PruneConfig
-    raise ValueError(f"no single config class for step kind {kind!r}")
-
-
-def step_config(kind: str, options: dict[str, Any], *, seed: int):
-    """The validated config object of a step (the recipe seed fills ``seed`` if not given)."""
-    if kind == "evaluate":
-        split = options.get("split", "test")
-        if split not in ("train", "val", "test"):
-            raise RecipeError(f"split must be train, val or test, got {split!r}")
-        return {"split": split}
-    if kind == "quantize":
-        from ..quantization import DEFAULT_METHOD, quant_config
-
-        options = {"seed": seed, **options}
-        return quant_config(options.pop("method", DEFAULT_METHOD), **options)
-    cls = config_class(kind)
-    base = {"seed": seed, **(FINETUNE_DEFAULTS if kind == "finetune" else {})}
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls.from_dict({k: v for k, v in {**base, **options}.items() if k in names})
+def step_config(kind: str, options: dict[str, Any], *, seed: int) -> StepOptions:
+    """The validated options of a step (the recipe seed fills ``seed`` if not given)."""
+    return STEPS.get(kind).build(options, seed=seed)
 
 
 def _check_keys(r: Recipe, path: str, given: dict[str, Any], valid: dict[str, Any]) -> None:
