@@ -258,3 +258,37 @@ def test_fisher_equals_a_per_sample_autograd_loop(kind):
             s += g.pow(2) / len(data)
     for name, s in zip(ctx.targets, squares, strict=True):
         assert torch.allclose(acc.result()[name], s, atol=1e-12), name
+
+
+@pytest.mark.parametrize("kind", ["encoder", "lstm"])
+def test_prune_reaches_every_tensor_not_only_the_head(kind):
+    """The first wave pruned only an LSTM's 3-output head "to 50%"; now every weight."""
+    from brainsurgeon.pruning import prune
+
+    model, data = _case(kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = prune(
+            model,
+            PruneConfig(criterion="obd", amount=0.5, scheme="per-layer"),
+            data,
+            loss=LOSS[kind],
+            device="cpu",
+            progress=False,
+        )
+    assert set(result.sparsity) == set(compressible(model))
+    for name, s in result.sparsity.items():
+        assert abs(s - 0.5) < 0.02, name
+    assert abs(result.total_sparsity - 0.5) < 0.01
+
+
+def test_prune_restores_every_submodule_mode():
+    """A pretrained model in eval mode inside a wrapper in train mode: its dropout stays off."""
+    from brainsurgeon.pruning import prune
+
+    model, data = _case("encoder")
+    model.train()
+    model.enc.eval()
+    modes = {n: m.training for n, m in model.named_modules()}
+    prune(model, PruneConfig(criterion="obd-sd", amount=0.3), data, device="cpu", progress=False)
+    assert {n: m.training for n, m in model.named_modules() if n in modes} == modes

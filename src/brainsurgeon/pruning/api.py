@@ -26,11 +26,11 @@ from ..models.adapters import Targets, compressible, supported_types
 from ..models.adapters.tensors import layout_rule
 from ..utils import preserved_modes, resolve_device
 from .config import PruneConfig
-from .criteria import CRITERIA, Criterion, SaliencyContext, make_criterion
+from .criteria import CRITERIA, Criterion, make_criterion
 from .iterative import evaluate_on, finetune_round, unchanged_on_error
 from .schedules import plan
 from .selection import sparsity, total_sparsity
-from .step import current_masks, prune_step
+from .step import current_masks, make_context, prune_step
 
 
 @dataclass
@@ -70,31 +70,6 @@ class PrunePlan:
     layer_plan: list[dict[str, float]] | None
     loss: LossLike
     loss_fn: LossFn
-
-
-def make_context(
-    model: nn.Module,
-    targets: Targets,
-    data: Dataset | None,
-    *,
-    loss_fn: LossFn,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-    progress: bool,
-) -> SaliencyContext:
-    """The :class:`SaliencyContext` of ``targets`` with their current masks."""
-    return SaliencyContext(
-        model=model,
-        targets=targets,
-        data=data,
-        loss_fn=loss_fn,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        progress=progress,
-        masks=current_masks(targets),
-    )
 
 
 def saliency(

@@ -26,9 +26,9 @@ from ..errors import ConfigError
 from ..losses import LossLike, resolve_loss
 from ..models.adapters import compressible
 from ..utils import preserved_modes, resolve_device
-from .api import make_context
 from .criteria import Criterion, SaliencyContext, make_criterion
 from .damage import measure_damage, sample_entries
+from .step import make_context
 
 
 def saliency_check(

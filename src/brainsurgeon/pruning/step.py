@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data.core import Dataset
 from ..losses import LossFn
+from ..models.adapters import Targets
 from ..state import original
 from .config import PruneConfig
 from .criteria import CompensatingCriterion, Criterion, SaliencyContext, Solver
@@ -31,6 +33,31 @@ def current_masks(targets: dict[str, tuple[torch.nn.Module, str]]) -> dict[str, 
         if mask is not None:
             out[name] = mask.mask.clone()
     return out
+
+
+def make_context(
+    model: nn.Module,
+    targets: Targets,
+    data: Dataset | None,
+    *,
+    loss_fn: LossFn,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+) -> SaliencyContext:
+    """The :class:`SaliencyContext` of ``targets`` with their current masks."""
+    return SaliencyContext(
+        model=model,
+        targets=targets,
+        data=data,
+        loss_fn=loss_fn,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+        masks=current_masks(targets),
+    )
 
 
 def select(
@@ -77,18 +104,17 @@ def prune_step(
     loss_fn: LossFn = F.cross_entropy,
 ) -> dict[str, Any]:
     """Score, select, compensate and mask once; returns a record of what happened."""
-    masks = current_masks(targets)
-    ctx = SaliencyContext(
-        model=model,
-        targets=targets,
-        data=data,
+    ctx = make_context(
+        model,
+        targets,
+        data,
         loss_fn=loss_fn,
         batch_size=config.batch_size,
         seed=seed,
         device=device,
         progress=progress,
-        masks=masks,
     )
+    masks = ctx.masks
     info: dict[str, Any] = {}
     predicted = None
     if isinstance(criterion, Solver):
