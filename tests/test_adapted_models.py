@@ -292,3 +292,13 @@ def test_prune_restores_every_submodule_mode():
     modes = {n: m.training for n, m in model.named_modules()}
     prune(model, PruneConfig(criterion="obd-sd", amount=0.3), data, device="cpu", progress=False)
     assert {n: m.training for n, m in model.named_modules() if n in modes} == modes
+
+
+def test_prune_reports_sparsity_over_every_parameter_and_what_stayed_dense():
+    from brainsurgeon.pruning import prune
+
+    model, data = _case("encoder")
+    result = prune(model, PruneConfig(amount=0.5), data, device="cpu", progress=False)
+    assert 0 < result.model_sparsity < result.total_sparsity == pytest.approx(0.5, abs=1e-3)
+    assert result.left_dense["enc.layers.0.norm1.weight"].startswith("LayerNorm has no layout")
+    assert result.left_dense["fc.bias"].startswith("bias")

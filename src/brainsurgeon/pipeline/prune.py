@@ -120,6 +120,8 @@ def _finished(model: nn.Module, config: PruneConfig, store: RoundStore) -> Prune
         info["rounds"],
         config,
         store.root,
+        info.get("model_sparsity"),
+        info.get("left_dense", {}),
     )
 
 
@@ -135,10 +137,13 @@ def _save_final(model: nn.Module, result: PruneResult, store: RoundStore, data) 
             "total_sparsity": result.total_sparsity,
             "predicted_damage": result.predicted_damage,
             "rounds": result.rounds,
+            "model_sparsity": result.model_sparsity,
+            "left_dense": result.left_dense,
         },
     }
     metrics = {
         "total_sparsity": result.total_sparsity,
+        "model_sparsity": result.model_sparsity,
         "sparsity": result.sparsity,
         "predicted_damage": result.predicted_damage,
         **(final_metrics(model, data) if data is not None else {}),

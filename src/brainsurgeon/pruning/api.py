@@ -22,7 +22,7 @@ from .. import state
 from ..data.core import DataLike, Dataset, as_dataset
 from ..errors import ConfigError, UnsupportedLayerError
 from ..losses import LossFn, LossLike, resolve_loss
-from ..models.adapters import Targets, compressible, supported_types
+from ..models.adapters import Targets, compressible, left_dense, supported_types
 from ..models.adapters.tensors import layout_rule
 from ..utils import preserved_modes, resolve_device
 from .config import PruneConfig
@@ -38,6 +38,8 @@ class PruneResult:
     """What :func:`prune` did: final sparsity per tensor and overall, the summed predicted
     damage (loss-scale criteria; None otherwise) and one record per round (target and
     reached sparsity, accuracy before and after fine-tuning where data was given).
+    ``model_sparsity``: the pruned fraction of *every* parameter of the model, and
+    ``left_dense``: each parameter that was not a target, with the reason.
     ``out_dir``: the run directory, when the pipeline saved one."""
 
     sparsity: dict[str, float]
@@ -46,6 +48,8 @@ class PruneResult:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     config: PruneConfig = field(default_factory=PruneConfig)
     out_dir: Path | None = None
+    model_sparsity: float | None = None
+    left_dense: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +59,8 @@ class PruneResult:
             "rounds": self.rounds,
             "config": self.config.to_dict(),
             "out_dir": str(self.out_dir) if self.out_dir else None,
+            "model_sparsity": self.model_sparsity,
+            "left_dense": self.left_dense,
         }
 
 
@@ -70,6 +76,8 @@ class PrunePlan:
     layer_plan: list[dict[str, float]] | None
     loss: LossLike
     loss_fn: LossFn
+    parameters: int = 0
+    left_dense: dict[str, str] = field(default_factory=dict)
 
 
 def saliency(
@@ -176,7 +184,11 @@ def plan_prune(
         config.schedule, config.amount, config.rounds, config.initial_amount, config.spacing
     )
     layer_plan = _layer_plan(config, targets, model)
-    return PrunePlan(config, crit, targets, sparsities, layer_plan, loss, resolve_loss(loss))
+    n_params = sum(p.numel() for p in model.parameters())
+    return PrunePlan(
+        config, crit, targets, sparsities, layer_plan, loss, resolve_loss(loss),
+        n_params, left_dense(model, targets),
+    )  # fmt: skip
 
 
 def prune_rounds(
@@ -201,7 +213,16 @@ def result_of(prepared: PrunePlan, records: list[dict[str, Any]]) -> PruneResult
     keep = current_masks(prepared.targets)
     damages = [r["predicted_damage"] for r in records]
     damage = None if not damages or None in damages else float(sum(damages))
-    return PruneResult(sparsity(keep), total_sparsity(keep), damage, records, prepared.config)
+    pruned = sum(int((~k).sum()) for k in keep.values())
+    return PruneResult(
+        sparsity(keep),
+        total_sparsity(keep),
+        damage,
+        records,
+        prepared.config,
+        model_sparsity=pruned / prepared.parameters if prepared.parameters else None,
+        left_dense=dict(prepared.left_dense),
+    )
 
 
 def make_permanent(model: nn.Module) -> nn.Module:
