@@ -31,6 +31,7 @@ VARIANTS = [
     ("obd-sd sd", "obd-sd", {}),
     ("obd-sd mean", "obd-sd", {"statistic": "mean"}),
     ("obs woodfisher-128", "obs", {"block_size": 128}),
+    ("obs default", "obs", {}),  # block size from the memory budget, GGN, relative damping
     ("taylor1 abs", "taylor1", {"mode": "abs"}),
     ("taylor1 signed", "taylor1", {"mode": "signed"}),
     ("layerwise-obs", "layerwise-obs", {}),

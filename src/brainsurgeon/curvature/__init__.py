@@ -10,8 +10,8 @@ with a data set in eval mode. Targets are ``{"fc1.weight": (module, "weight")}``
 ``GradientStats``      mean gradient, mean |per-sample gradient|, empirical Fisher diag
 ``HutchinsonDiagonal`` ``E[v * Hv]`` with Rademacher probes
 ``DamageStats``        Welford mean / sd of the per-sample damage (OBD-SD)
-``InverseFisher``      inverse empirical Fisher by Woodbury, exact or WoodFisher blocks
-``LayerInputStats``    ``H = 2 X X^T / N`` of a layer's inputs (layer-wise OBS, GPTQ)
+``InverseFisher``      inverse GGN or empirical Fisher (Woodbury), exact or WoodFisher blocks
+``LayerInputStats``    ``H = 2 X X^T / N`` of a tensor's inputs (layer-wise OBS, GPTQ)
 =====================  ===============================================================
 """
 
