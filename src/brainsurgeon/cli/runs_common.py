@@ -26,7 +26,7 @@ def check_out(path: str | Path, force: bool) -> Path:
 
 
 def epoch_printer(args: argparse.Namespace, total: int):
-    """An ``on_epoch`` callback printing one line per epoch to stderr."""
+    """A ``callback`` for ``fit`` printing one line per epoch to stderr."""
     from .common import say
 
     def show(record: dict[str, Any]) -> None:

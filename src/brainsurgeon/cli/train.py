@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         config,
         device=device,
         progress=not args.quiet,
-        on_epoch=epoch_printer(args, config.epochs),
+        callback=epoch_printer(args, config.epochs),
     )
     seconds = time.perf_counter() - start
     test = evaluate(model, data, split="test")

@@ -107,5 +107,5 @@ def finetune(
             penalties=penalties,
             progress=progress,
             desc=desc,
-            on_epoch=callback,
+            callback=callback,
         )

@@ -148,7 +148,7 @@ def _finetune(
         loss_fn=objective,
         progress=progress,
         desc="fine-tune",
-        on_epoch=callback,
+        callback=callback,
     )
 
 

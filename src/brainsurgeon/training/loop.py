@@ -147,7 +147,7 @@ def fit(
     params: list[torch.nn.Parameter] | None = None,
     progress: bool = True,
     desc: str = "train",
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place; return one metrics dict per epoch.
 
@@ -157,21 +157,13 @@ def fit(
     callable ``(output, target) -> scalar``, or None: cross entropy for integer labels, mse
     for float targets). ``loss_fn(model, x, y)`` replaces the training objective altogether
     (distillation); ``val`` is still measured with ``loss``. ``penalties`` are added to the
-    loss; ``params`` restricts what is optimised; ``on_epoch(record)`` is called after every
+    loss; ``params`` restricts what is optimised; ``callback(record)`` is called after every
     epoch. Early stopping (``patience``) keeps the epoch with the best validation accuracy
     (classification) or the lowest validation loss (other tasks).
     """
     config = config or TrainConfig()
     device = resolve_device(device)
-    train_set = as_dataset(data, "train")
-    if val is None and isinstance(data, DataBundle):
-        val = data.val
-    val = None if val is None else as_dataset(val, "val")
-    if (config.shift or config.noise) and not train_set.x.is_floating_point():
-        raise ConfigError(
-            f"shift / noise jitter images, but these inputs are {train_set.x.dtype} (token "
-            "ids?); set shift=0 and noise=0 for this data"
-        )
+    train_set, val = _splits(data, val, config)
     loss = task_loss(loss, train_set)
     objective = loss_fn or model_loss(loss)
     model.to(device)
@@ -179,27 +171,39 @@ def fit(
     if config.l1 or config.l2:
         penalties.append(lp_penalty(config.l1, config.l2))
     opt = make_optimizer(params if params is not None else model.parameters(), config)
-    gen = torch.Generator().manual_seed(config.seed)
+    step = (opt, objective, penalties, torch.Generator().manual_seed(config.seed), device)
     history: list[dict[str, Any]] = []
     best = _Best(config.patience)
     for epoch in range(config.epochs):
         for group in opt.param_groups:
             group["lr"] = config.lr * lr_factor(config, epoch)
-        step = (opt, objective, penalties, gen, device)
         record = _epoch(
             model, train_set, step, config, progress, f"{desc} {epoch + 1}/{config.epochs}"
         )
         record["epoch"], record["lr"] = epoch + 1, opt.param_groups[0]["lr"]
         measured = _validate(model, val, loss, device, record)
         history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
+        if callback is not None:
+            callback(record)
         if best.stop(model, measured):
             record["early_stopped"] = True
             break
     best.restore(model)
     model.eval()
     return history
+
+
+def _splits(data: DataLike, val: DataLike | None, config: TrainConfig):
+    """``(train, val)`` datasets (a bundle's val split unless ``val`` is given)."""
+    train_set = as_dataset(data, "train")
+    if val is None and isinstance(data, DataBundle):
+        val = data.val
+    if (config.shift or config.noise) and not train_set.x.is_floating_point():
+        raise ConfigError(
+            f"shift / noise jitter images, but these inputs are {train_set.x.dtype} (token "
+            "ids?); set shift=0 and noise=0 for this data"
+        )
+    return train_set, None if val is None else as_dataset(val, "val")
 
 
 class _Best:
