@@ -118,13 +118,12 @@ def _config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from .. import factorization  # noqa: F401  (registers the edit a factorized teacher needs)
     from ..distillation import distill
+    from ..losses import resolve_loss
     from ..models import build_model
     from ..runs import load_run, save
     from ..training import describe, evaluate
     from ..training.evaluation import recorded_loss
     from ..utils import resolve_device, seed_everything
-
-    from ..losses import resolve_loss
 
     resolve_loss(args.task_loss)
     config = _config(args)
@@ -133,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     data = teacher_run.data(progress=not args.quiet)
     seed_everything(args.seed)
     student = build_model(args.student, data.input_shape, data.num_classes)
-    task = args.task_loss or recorded_loss(teacher_run.config)  # the teacher's task loss (None: from the labels)
+    task = args.task_loss or recorded_loss(
+        teacher_run.config
+    )  # the teacher's task loss (None: from the labels)
     result = distill(
         teacher_run.model, student, config, data, device=device, progress=not args.quiet, loss=task
     )
@@ -167,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         training=config.train_config().to_dict(),
         seed=args.seed,
         compression={"distillation": record},
+        **({"loss": task} if task else {}),
     )
     metrics = {
         "test": student_ev,

@@ -164,13 +164,12 @@ def config_from_args(args: argparse.Namespace) -> QuantBase:
 
 def run(args: argparse.Namespace) -> int:
     from .. import runs
+    from ..losses import resolve_loss
     from ..quantization import plan, quantize
     from ..training import evaluate
+    from ..training.evaluation import recorded_loss
     from ..utils import seed_everything
     from .runs_common import check_out, epoch_printer, open_run
-
-    from ..losses import resolve_loss
-    from ..training.evaluation import recorded_loss
 
     resolve_loss(args.loss)
     config = config_from_args(args)

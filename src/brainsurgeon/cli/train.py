@@ -109,11 +109,10 @@ def parse_json_kwargs(text: str, what: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     from .. import runs
     from ..data import load_data
+    from ..losses import resolve_loss
     from ..metrics import summarize
     from ..models import build_model
     from ..utils import resolve_device, seed_everything
-
-    from ..losses import resolve_loss
 
     resolve_loss(args.loss)
     config = train_config(args)
@@ -159,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
         "training": config.to_dict(),
         "compression": {},
         **({"loss": args.loss} if args.loss else {}),
-        "history": [{"step": "train", "epochs": len(history), "test_accuracy": test.get("accuracy")}],
+        "history": [
+            {"step": "train", "epochs": len(history), "test_accuracy": test.get("accuracy")}
+        ],
     }
     model.cpu()
     runs.save(model, out, config=cfg, metrics=metrics, force=args.force)

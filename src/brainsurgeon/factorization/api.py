@@ -19,9 +19,8 @@ is left dense with that reason, and naming it in ``layers`` is an error.
 
 from __future__ import annotations
 
-import fnmatch
-
 import copy
+import fnmatch
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
