@@ -65,6 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--transfer", default="train", help="train | val | unlabeled | augmented (default train)"
     )
+    p.add_argument(
+        "--task-loss",
+        default=None,
+        metavar="NAME",
+        help="task loss of the hard-label part (a registered loss; default: the teacher's)",
+    )
     p.add_argument("--hint-layer", help="teacher layer for --loss hint (e.g. fc2)")
     p.add_argument("--guided-layer", help="student layer for --loss hint (e.g. fc2)")
     p.add_argument("--hint-epochs", type=int, default=2, help="FitNets stage-1 epochs")
@@ -112,19 +118,23 @@ def _config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from .. import factorization  # noqa: F401  (registers the edit a factorized teacher needs)
     from ..distillation import distill
+    from ..losses import resolve_loss
     from ..models import build_model
     from ..runs import load_run, save
     from ..training import describe, evaluate
     from ..training.evaluation import recorded_loss
     from ..utils import resolve_device, seed_everything
 
+    resolve_loss(args.task_loss)
     config = _config(args)
     device = resolve_device(args.device)
     teacher_run = load_run(args.teacher, device=device)
     data = teacher_run.data(progress=not args.quiet)
     seed_everything(args.seed)
     student = build_model(args.student, data.input_shape, data.num_classes)
-    task = recorded_loss(teacher_run.config)  # the teacher's task loss (None: from the labels)
+    task = args.task_loss or recorded_loss(
+        teacher_run.config
+    )  # the teacher's task loss (None: from the labels)
     result = distill(
         teacher_run.model, student, config, data, device=device, progress=not args.quiet, loss=task
     )
@@ -158,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         training=config.train_config().to_dict(),
         seed=args.seed,
         compression={"distillation": record},
+        **({"loss": task} if task else {}),
     )
     metrics = {
         "test": student_ev,

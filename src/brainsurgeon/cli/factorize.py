@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, RunDirError
 from .common import add_common, emit, say, table
+from .options import add_loss_option, add_target_options
 
 EPILOG = """\
 examples:
@@ -48,11 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep this fraction of the layers' weights "
         "overall, in (0, 1); ranks chosen greedily by measured validation accuracy",
     )
-    p.add_argument(
-        "--layers",
-        help="comma-separated layer names (default: every Linear/Conv2d "
-        "the option can shrink; others are left dense)",
-    )
+    add_target_options(p)
+    add_loss_option(p)
     p.add_argument(
         "--finetune-epochs",
         type=int,
@@ -78,23 +76,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _options(args: argparse.Namespace):
     """Validate every option before anything is loaded or written."""
     from ..factorization import FactorizeConfig
-    from ..training import TrainConfig
+    from ..losses import resolve_loss
+    from ..pipeline import FinetuneConfig
 
-    layers = None
-    if args.layers is not None:
-        layers = tuple(n.strip() for n in args.layers.split(",") if n.strip())
+    resolve_loss(args.loss)
+    layers = args.layers
     config = FactorizeConfig(
         energy=args.energy,
         rank=args.rank,
         ratio=args.ratio,
         budget=args.budget,
         layers=layers,
+        exclude=args.exclude,
         eval_samples=args.eval_samples,
         seed=args.seed,
     )
     if args.finetune_epochs < 0:
         raise ConfigError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
-    train = TrainConfig(
+    train = FinetuneConfig(
         epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed
     )
     if Path(args.out).exists() and not args.force:
@@ -104,8 +103,9 @@ def _options(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..factorization import factorize
-    from ..runs import load_run, save
-    from ..training import describe, evaluate, fit
+    from ..pipeline import finetune, save_child
+    from ..runs import load_run
+    from ..training import describe, evaluate
     from ..training.evaluation import recorded_loss
     from ..utils import resolve_device, seed_everything
 
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     parent = load_run(args.run, device=device)
     data = parent.data(progress=not args.quiet)
     seed_everything(args.seed)
-    model, loss = parent.model, recorded_loss(parent.config)
+    model, loss = parent.model, args.loss or recorded_loss(parent.config)
     before = evaluate(model, data, loss=loss)
     result = factorize(model, config, data, loss=loss, device=device)
     if result.note:
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     say(args, f"factorized: test {describe(before)} -> {describe(after)}")
     history = []
     if train.epochs:
-        history = fit(
+        history = finetune(
             model, data, train, device=device, loss=loss, progress=not args.quiet, desc="finetune"
         )
         after = evaluate(model, data, loss=loss)
@@ -134,10 +134,18 @@ def run(args: argparse.Namespace) -> int:
         "accuracy_before": before.get("accuracy"),
         "accuracy_factored": after.get("accuracy"),
     }
-    cfg = parent.child_config({"step": "factorize", **summary})
-    cfg.setdefault("compression", {})["factorization"] = summary
     metrics = {"test": after, "before": before, "finetune_history": history}
-    out = save(model, args.out, config=cfg, metrics=metrics, force=args.force)
+    extra = {"loss": loss} if loss else {}
+    out = save_child(
+        model,
+        parent,
+        args.out,
+        step={"step": "factorize", **summary},
+        compression={"factorization": summary},
+        metrics=metrics,
+        force=args.force,
+        **extra,
+    )
     payload = {"out": str(out), **summary, "test": after, "before": before}
     emit(args, payload, _text(result, before, after, out))
     return 0

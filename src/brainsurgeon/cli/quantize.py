@@ -13,6 +13,7 @@ import typing
 from typing import Any
 
 from .common import add_common, emit, parse_kv_list, say, table
+from .options import add_loss_option
 
 if typing.TYPE_CHECKING:
     from ..quantization import QuantBase
@@ -124,6 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         _add_option(p, name, spec, len(QUANTIZERS))
     p.add_argument("--out", required=True, help="new run directory")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_loss_option(p)
     add_common(p)
     p.set_defaults(func=run)
 
@@ -162,17 +164,21 @@ def config_from_args(args: argparse.Namespace) -> QuantBase:
 
 def run(args: argparse.Namespace) -> int:
     from .. import runs
+    from ..losses import resolve_loss
     from ..quantization import plan, quantize
     from ..training import evaluate
+    from ..training.evaluation import recorded_loss
     from ..utils import seed_everything
     from .runs_common import check_out, epoch_printer, open_run
 
+    resolve_loss(args.loss)
     config = config_from_args(args)
     out = check_out(args.out, args.force)
     parent = open_run(args)
     plan(parent.model, config)  # every check, before any work
     data = parent.data(progress=not args.quiet)
-    before = evaluate(parent.model, data)
+    loss = args.loss or recorded_loss(parent.config)
+    before = evaluate(parent.model, data, loss=loss)
     seed_everything(args.seed)
     say(args, f"quantizing {parent.path} with {config.METHOD}")
     result = quantize(
@@ -180,25 +186,28 @@ def run(args: argparse.Namespace) -> int:
         config,
         data,
         device=args.device,
+        loss=loss,
         progress=not args.quiet,
         callback=epoch_printer(args, config.finetune_epochs),
     )
-    after = evaluate(parent.model, data)
+    after = evaluate(parent.model, data, loss=loss)
     summary = result.summary()
     cfg = parent.child_config(
         {
             "step": "quantize",
             "method": config.METHOD,
             "bits_per_weight": summary["bits_per_weight"],
-            "test_accuracy": after["accuracy"],
+            "test_accuracy": after.get("accuracy"),
         }
     )
     cfg.setdefault("compression", {})["quantization"] = summary
+    if loss:
+        cfg["loss"] = loss
     metrics = {
-        "test_accuracy": after["accuracy"],
+        "test_accuracy": after.get("accuracy"),
         "test_loss": after["loss"],
-        "test_errors": after["errors"],
-        "parent_test_accuracy": before["accuracy"],
+        "test_errors": after.get("errors"),
+        "parent_test_accuracy": before.get("accuracy"),
         "storage": result.storage,
         "history": result.history,
     }
@@ -244,8 +253,8 @@ def _print(args, out, before, after, result) -> None:
     payload = {
         "run": str(out),
         "method": result.config.METHOD,
-        "accuracy_before": before["accuracy"],
-        "accuracy_after": after["accuracy"],
+        "accuracy_before": before.get("accuracy"),
+        "accuracy_after": after.get("accuracy"),
         "bits_per_weight": total["bits_per_weight"],
         "ratio": total["ratio"],
         "model_bytes": storage["model_bytes"],

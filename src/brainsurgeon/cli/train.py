@@ -9,7 +9,7 @@ import time
 from ..errors import ConfigError
 from ..training import TrainConfig, evaluate, fit
 from .common import add_command, add_common, emit, say, table
-from .options import Flag, add_config_options, config_from_args
+from .options import Flag, add_config_options, add_loss_option, config_from_args
 from .runs_common import check_out, epoch_printer
 
 EPILOG = """\
@@ -74,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="learning rate (default: 0.05 for sgd, 0.001 for adam)",
     )
+    add_loss_option(p)
     p.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATA)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     add_common(p)
@@ -108,10 +109,12 @@ def parse_json_kwargs(text: str, what: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     from .. import runs
     from ..data import load_data
+    from ..losses import resolve_loss
     from ..metrics import summarize
     from ..models import build_model
     from ..utils import resolve_device, seed_everything
 
+    resolve_loss(args.loss)
     config = train_config(args)
     device = resolve_device(args.device)
     kwargs = parse_json_kwargs(args.model_kwargs, "--model-kwargs")
@@ -133,16 +136,17 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         progress=not args.quiet,
         callback=epoch_printer(args, config.epochs),
+        loss=args.loss,
     )
     seconds = time.perf_counter() - start
-    test = evaluate(model, data, split="test")
-    val = evaluate(model, data, split="val")
+    test = evaluate(model, data, split="test", loss=args.loss)
+    val = evaluate(model, data, split="val", loss=args.loss)
     summary = summarize(model, data.input_shape)
     metrics = {
-        "test_accuracy": test["accuracy"],
+        "test_accuracy": test.get("accuracy"),
         "test_loss": test["loss"],
-        "test_errors": test["errors"],
-        "val_accuracy": val["accuracy"],
+        "test_errors": test.get("errors"),
+        "val_accuracy": val.get("accuracy"),
         "train_seconds": round(seconds, 2),
         "history": history,
         "totals": summary["totals"],
@@ -153,23 +157,26 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "training": config.to_dict(),
         "compression": {},
-        "history": [{"step": "train", "epochs": len(history), "test_accuracy": test["accuracy"]}],
+        **({"loss": args.loss} if args.loss else {}),
+        "history": [
+            {"step": "train", "epochs": len(history), "test_accuracy": test.get("accuracy")}
+        ],
     }
     model.cpu()
     runs.save(model, out, config=cfg, metrics=metrics, force=args.force)
     payload = {"run": str(out), **{k: v for k, v in metrics.items() if k != "history"}}
-    text = table(
-        [
-            [
-                str(out),
-                test["accuracy"] * 100,
-                test["errors"],
-                val["accuracy"] * 100,
-                summary["totals"]["params"],
-                round(seconds, 1),
-            ]
-        ],
-        ["run", "test acc %", "test errors", "val acc %", "params", "seconds"],
-    )
+    text = _text(out, test, val, summary["totals"]["params"], seconds)
     emit(args, payload, text)
     return 0
+
+
+def _text(out, test: dict, val: dict, params: int, seconds: float) -> str:
+    """The one-row summary table (accuracy for classification, the loss otherwise)."""
+    from ..training import describe
+
+    if "accuracy" not in test:
+        row = [str(out), describe(test), describe(val), params, round(seconds, 1)]
+        return table([row], ["run", "test", "val", "params", "seconds"])
+    row = [str(out), test["accuracy"] * 100, test["errors"], val["accuracy"] * 100]
+    header = ["run", "test acc %", "test errors", "val acc %", "params", "seconds"]
+    return table([[*row, params, round(seconds, 1)]], header)

@@ -20,6 +20,7 @@ is left dense with that reason, and naming it in ``layers`` is an error.
 from __future__ import annotations
 
 import copy
+import fnmatch
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,8 +59,9 @@ MODES = ("energy", "rank", "ratio", "budget")
 class FactorizeConfig(Config):
     """Options of :func:`factorize`; set exactly one of ``energy``, ``rank``, ``ratio``, ``budget``.
 
-    ``layers``: names to factorize (default: every Linear/Conv2d the option can shrink; a
-    layer it cannot shrink is left dense and reported). ``eval_samples``: validation samples
+    ``layers``: names or glob patterns to factorize (default: every Linear/Conv2d the option
+    can shrink; a layer it cannot shrink is left dense and reported); ``exclude``: globs of
+    layers left dense. ``eval_samples``: validation samples
     used to measure sensitivity in budget mode.
     """
 
@@ -68,6 +70,7 @@ class FactorizeConfig(Config):
     ratio: float | None = None
     budget: float | None = None
     layers: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
     eval_samples: int = 2000
     seed: int = 0
 
@@ -208,7 +211,8 @@ def plan(
     loss: LossLike = None,
 ) -> tuple[list[LayerPlan], dict[str, SVD]]:
     """Per-layer ranks (nothing modified) and the SVD of each considered layer."""
-    layers, refused = _select(model, config.layers)
+    layers, refused = _select(model, _expand(model, config.layers))
+    layers = [(n, m) for n, m in layers if not _matches(n, config.exclude)]
     svds = {name: SVD.of(layer_matrix(name, layer)) for name, layer in layers}
     plans = [
         LayerPlan(name, layer_kind(layer), *layer_matrix(name, layer).shape)
@@ -242,6 +246,27 @@ def plan(
 def _refused_plan(model: nn.Module, name: str, reason: str) -> LayerPlan:
     layer = model.get_submodule(name)
     return LayerPlan(name, layer_kind(layer), *layer.weight.shape, reason=f"left dense: {reason}")
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _expand(model: nn.Module, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``names`` with each glob pattern replaced by the module names it matches."""
+    if names is None:
+        return None
+    modules = [n for n, m in model.named_modules() if n and handler(m) is not None]
+    out: list[str] = []
+    for name in names:
+        if any(c in name for c in "*?["):
+            hits = [n for n in modules if fnmatch.fnmatchcase(n, name)]
+            if not hits:
+                raise ConfigError(f"no layer matches {name!r}; layers: {', '.join(modules)}")
+            out += [n for n in hits if n not in out]
+        elif name not in out:
+            out.append(name)
+    return tuple(out)
 
 
 def _select(
