@@ -215,6 +215,7 @@ def prune_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..losses import resolve_loss
     from ..pipeline import check_out_dir, prune_run
+    from ..training.evaluation import recorded_loss
 
     config = prune_config(args)  # every option is validated before any work or output
     resolve_loss(args.loss)
@@ -222,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(out, resume=args.resume, force=args.force)
     source = open_run(args)
     data = source.data()
+    loss = args.loss or recorded_loss(source.config)
     step = {
         "step": "prune",
         "criterion": config.criterion,
@@ -239,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
         source.model,
         config,
         data,
-        loss=args.loss,
+        loss=loss,
         device=args.device,
         progress=not args.quiet,
         out_dir=out,
@@ -256,6 +258,8 @@ def run(args: argparse.Namespace) -> int:
     text = table(rows, ["tensor", "sparsity %"])
     if last.get("accuracy") is not None:
         text += f"\n\ntest accuracy {100 * last['accuracy']:.2f}%  ->  {out}"
+    elif last.get("loss") is not None:
+        text += f"\n\ntest loss {last['loss']:.4g}  ->  {out}"
     emit(args, payload, text)
     return 0
 
@@ -263,10 +267,14 @@ def run(args: argparse.Namespace) -> int:
 def _printer(args: argparse.Namespace, config):
     def show(record: dict[str, Any]) -> None:
         acc = ""
-        if "accuracy" in record:
+        if record.get("accuracy") is not None:
             acc = f"  acc {100 * record['accuracy_pruned']:.2f}%"
             if config.finetune_epochs:
                 acc += f" -> fine-tuned {100 * record['accuracy']:.2f}%"
+        elif "loss" in record:  # regression and custom losses: the loss itself
+            acc = f"  loss {record['loss_pruned']:.4g}"
+            if config.finetune_epochs:
+                acc += f" -> fine-tuned {record['loss']:.4g}"
         say(
             args,
             f"round {record['round']}/{config.rounds}  sparsity "

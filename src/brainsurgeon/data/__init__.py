@@ -63,17 +63,23 @@ def load_data(
         normalization = {"mean": float(x_train.mean()), "std": float(x_train.std() or 1.0)}
     mean, std = normalization["mean"], normalization["std"]
 
+    regression = is_regression(arrays["y_train"])
+
     def ds(split: str) -> Dataset:
         x = torch.from_numpy((arrays[f"x_{split}"] - mean) / std).float()
-        return Dataset(x, torch.from_numpy(arrays[f"y_{split}"].astype(np.int64)))
+        y = arrays[f"y_{split}"].astype(np.float32 if regression else np.int64)
+        return Dataset(x, torch.from_numpy(y))
 
-    num_classes = int(max(arrays[f"y_{s}"].max() for s in ("train", "val", "test")) + 1)
+    if regression:  # the model's outputs: one per target column
+        num_classes = 1 if arrays["y_train"].ndim == 1 else int(arrays["y_train"].shape[1])
+    else:
+        num_classes = max(int(max(arrays[f"y_{s}"].max() for s in ("train", "val", "test")) + 1), 2)
     return DataBundle(
         name=spec["name"],
         train=ds("train"),
         val=ds("val"),
         test=ds("test"),
-        num_classes=max(num_classes, 2),
+        num_classes=num_classes,
         normalization=dict(normalization),
         spec=spec,
     )
@@ -143,19 +149,11 @@ def validate_arrays(arrays: dict[str, np.ndarray], *, source: str) -> None:
                 f"{source}: x_{split} has shape {arrays[f'x_{split}'].shape}; "
                 "expected (N, D), (N, H, W) or (N, C, H, W)"
             )
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise DataError(
-                f"{source}: y_{split} has shape {y.shape} and dtype {y.dtype}; "
-                "expected a 1-D integer label vector"
-            )
+        _check_targets(y, f"{source}: y_{split}", regression=is_regression(arrays["y_train"]))
         if len(x) != len(y):
             raise DataError(f"{source}: x_{split} has {len(x)} samples but y_{split} has {len(y)}")
         if len(y) == 0:
             raise DataError(f"{source}: the {split} split is empty")
-        if y.min() < 0:
-            raise DataError(
-                f"{source}: y_{split} has negative label {y.min()}; labels must be 0..K-1"
-            )
         if not np.isfinite(x).all():
             raise DataError(f"{source}: x_{split} contains NaN or infinite values")
         if shape is not None and x.shape[1:] != shape:
@@ -165,6 +163,8 @@ def validate_arrays(arrays: dict[str, np.ndarray], *, source: str) -> None:
             )
         shape = x.shape[1:]
         arrays[f"x_{split}"] = np.ascontiguousarray(x, dtype=np.float32)
+    if is_regression(arrays["y_train"]):
+        return
     k = int(arrays["y_train"].max()) + 1
     for split in splits[1:]:
         if arrays[f"y_{split}"].max() >= k:
@@ -172,6 +172,30 @@ def validate_arrays(arrays: dict[str, np.ndarray], *, source: str) -> None:
                 f"{source}: y_{split} has label {arrays[f'y_{split}'].max()} never seen "
                 f"in y_train (labels 0..{k - 1})"
             )
+
+
+def is_regression(y: np.ndarray) -> bool:
+    """Float targets mean regression (train with ``--loss mse``); integers are class labels."""
+    return bool(np.issubdtype(y.dtype, np.floating))
+
+
+def _check_targets(y: np.ndarray, what: str, *, regression: bool) -> None:
+    if regression:
+        if y.ndim not in (1, 2) or not np.issubdtype(y.dtype, np.floating):
+            raise DataError(
+                f"{what} has shape {y.shape} and dtype {y.dtype}; regression targets (float "
+                "y_train) must be float arrays of shape (N,) or (N, T) in every split"
+            )
+        if not np.isfinite(y).all():
+            raise DataError(f"{what} contains NaN or infinite targets")
+        return
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(
+            f"{what} has shape {y.shape} and dtype {y.dtype}; expected a 1-D integer label "
+            "vector (or float targets in every split, for regression)"
+        )
+    if y.min() < 0:
+        raise DataError(f"{what} has negative label {y.min()}; labels must be 0..K-1")
 
 
 def available() -> list[dict[str, Any]]:

@@ -64,7 +64,7 @@ def prune_run(
                 callback(record)
     result = result_of(plan, records)
     result.out_dir = store.root
-    _save_final(model, result, store, data)
+    _save_final(model, result, store, data, loss)
     return result
 
 
@@ -125,7 +125,7 @@ def _finished(model: nn.Module, config: PruneConfig, store: RoundStore) -> Prune
     )
 
 
-def _save_final(model: nn.Module, result: PruneResult, store: RoundStore, data) -> None:
+def _save_final(model: nn.Module, result: PruneResult, store: RoundStore, data, loss=None) -> None:
     step = {"step": "prune", "criterion": result.config.criterion, "amount": result.config.amount}
     cfg = dict(store.base_config) if store.base_config else data_config(data, step)
     cfg["compression"] = {
@@ -146,7 +146,7 @@ def _save_final(model: nn.Module, result: PruneResult, store: RoundStore, data) 
         "model_sparsity": result.model_sparsity,
         "sparsity": result.sparsity,
         "predicted_damage": result.predicted_damage,
-        **(final_metrics(model, data) if data is not None else {}),
+        **(final_metrics(model, data, loss) if data is not None else {}),
     }
     files = {f"rounds/{r['round']:02d}/metrics.json": dumps(r) for r in result.rounds}
     runs.save(model, store.root, config=cfg, metrics=metrics, files=files, force=True)

@@ -11,16 +11,20 @@ from torch import nn
 from .. import runs
 from .._io import _default
 from ..data.core import DataBundle, DataLike
+from ..losses import LossLike
 from ..training import evaluate
 
 
-def final_metrics(model: nn.Module, data: DataLike) -> dict[str, Any]:
-    """``test_accuracy``, ``test_loss``, ``test_errors`` (and ``val_*`` for a bundle)."""
+def final_metrics(model: nn.Module, data: DataLike, loss: LossLike = None) -> dict[str, Any]:
+    """``test_accuracy``, ``test_loss``, ``test_errors`` (and ``val_*`` for a bundle); for a
+    regression loss ``test_mse``, ``test_mae``, ... instead of accuracy and errors."""
     metrics: dict[str, Any] = {}
     for split in ("test", "val") if isinstance(data, DataBundle) else ("test",):
-        ev = evaluate(model, data, split=split)
-        metrics[f"{split}_accuracy"], metrics[f"{split}_loss"] = ev["accuracy"], ev["loss"]
-        if split == "test":
+        ev = evaluate(model, data, split=split, loss=loss)
+        for key in ("accuracy", "loss", "mse", "mae", "rmse", "r2"):
+            if key in ev:
+                metrics[f"{split}_{key}"] = ev[key]
+        if split == "test" and "errors" in ev:
             metrics["test_errors"] = ev["errors"]
     return metrics
 

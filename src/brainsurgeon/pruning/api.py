@@ -24,6 +24,7 @@ from ..errors import ConfigError, UnsupportedLayerError
 from ..losses import LossFn, LossLike, resolve_loss
 from ..models.adapters import Targets, compressible, left_dense, supported_types
 from ..models.adapters.tensors import layout_rule
+from ..training.evaluation import task_loss
 from ..utils import preserved_modes, resolve_device
 from .config import PruneConfig
 from .criteria import CRITERIA, Criterion, make_criterion
@@ -105,8 +106,8 @@ def saliency(
     and left unchanged.
     """
     crit = make_criterion(criterion, **options)
-    loss_fn = resolve_loss(loss)
     calib = _calibration(data, samples, seed, criterion, crit.needs_data)
+    loss_fn = resolve_loss(task_loss(loss, calib))
     targets = compressible(model, include_bias=include_bias, layers=layers, exclude=exclude)
     device = resolve_device(device)
     model.to(device)
@@ -170,8 +171,8 @@ def plan_prune(
     if config.needs_data and data is None:
         why = "fine-tuning" if config.finetune_epochs else f"criterion {config.criterion!r}"
         raise ConfigError(f"{why} needs data; pass data=... (CLI: the run's own data is used)")
-    if data is not None:
-        as_dataset(data, "train")  # validates the type before any work
+    if data is not None:  # validates the type before any work; float targets: mse by default
+        loss = task_loss(loss, as_dataset(data, "train"))
     targets = compressible(
         model,
         include_bias=config.include_bias,
@@ -272,7 +273,8 @@ def _round(model, prepared: PrunePlan, r: int, data, device, progress) -> dict[s
         **({"lam": step["lam"]} if "lam" in step else {}),
     }
     if data is not None:
-        record["accuracy_pruned"] = evaluate_on(model, data, prepared.loss).get("accuracy")
+        before = evaluate_on(model, data, prepared.loss)
+        record["accuracy_pruned"], record["loss_pruned"] = before.get("accuracy"), before["loss"]
         if config.finetune_epochs:
             record["finetune"] = finetune_round(
                 model, data, config, r, loss=prepared.loss, device=device, progress=progress

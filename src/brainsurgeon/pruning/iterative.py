@@ -8,7 +8,6 @@ The fine-tuning itself is the pipeline's one :func:`brainsurgeon.pipeline.finetu
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -64,9 +63,7 @@ def finetune_round(
 
 
 def evaluate_on(model: nn.Module, data: DataLike, loss: LossLike = None) -> dict[str, Any]:
-    """Test-split metrics of ``model`` (under ``loss`` where ``evaluate`` takes one)."""
-    if loss is None or "loss" not in inspect.signature(evaluate).parameters:
-        return evaluate(model, data, split="test")
+    """Test-split metrics of ``model`` under the task ``loss``."""
     return evaluate(model, data, split="test", loss=loss)
 
 
