@@ -24,65 +24,58 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import available, fetch_mnist, load_data
     from ..errors import ConfigError
 
     if args.action == "list":
-        items = available()
-        emit(
-            args,
-            {"datasets": items},
-            table(
-                [
-                    [
-                        d["name"],
-                        "yes" if d["cached"] else "no (fetched on first use)",
-                        d["description"],
-                    ]
-                    for d in items
-                ],
-                ["name", "ready", "description"],
-            ),
-        )
-        return 0
+        return _list(args)
     if not args.name:
         raise ConfigError(
             f"`brainsurgeon data {args.action}` needs a NAME; e.g. "
             f"`brainsurgeon data {args.action} mnist`"
         )
-    if args.action == "fetch":
-        if args.name != "mnist":
-            raise ConfigError(
-                f"cannot fetch {args.name!r}; only 'mnist' is fetched "
-                "(digits is embedded; your own files need no fetch)"
-            )
-        path = fetch_mnist(progress=not args.quiet)
-        emit(args, {"name": "mnist", "path": str(path)}, f"mnist ready at {path}")
-        return 0
+    return _fetch(args) if args.action == "fetch" else _check(args)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from ..data import available
+
+    items = available()
+    rows = [
+        [d["name"], "yes" if d["cached"] else "no (fetched on first use)", d["description"]]
+        for d in items
+    ]
+    emit(args, {"datasets": items}, table(rows, ["name", "ready", "description"]))
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from ..data import fetch_mnist
+    from ..errors import ConfigError
+
+    if args.name != "mnist":
+        raise ConfigError(
+            f"cannot fetch {args.name!r}; only 'mnist' is fetched "
+            "(digits is embedded; your own files need no fetch)"
+        )
+    path = fetch_mnist(progress=not args.quiet)
+    emit(args, {"name": "mnist", "path": str(path)}, f"mnist ready at {path}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ..data import load_data
+
     say(args, f"checking {args.name} ...")
     bundle = load_data(args.name, seed=args.seed, progress=not args.quiet)
+    sizes = bundle.sizes()
     payload = {
         "name": bundle.name,
-        "sizes": bundle.sizes(),
+        "sizes": sizes,
         "input_shape": list(bundle.input_shape),
         "num_classes": bundle.num_classes,
         "normalization": bundle.normalization,
     }
-    emit(
-        args,
-        payload,
-        table(
-            [
-                [
-                    bundle.name,
-                    bundle.sizes()["train"],
-                    bundle.sizes()["val"],
-                    bundle.sizes()["test"],
-                    "x".join(map(str, bundle.input_shape)),
-                    bundle.num_classes,
-                ]
-            ],
-            ["data", "train", "val", "test", "input", "classes"],
-        ),
-    )
+    row = [bundle.name, sizes["train"], sizes["val"], sizes["test"],
+           "x".join(map(str, bundle.input_shape)), bundle.num_classes]  # fmt: skip
+    emit(args, payload, table([row], ["data", "train", "val", "test", "input", "classes"]))
     return 0

@@ -141,7 +141,23 @@ def run(args: argparse.Namespace) -> int:
     teacher_ev = evaluate(teacher_run.model, data, loss=task)
     student_ev = evaluate(student, data, loss=task)
     say(args, f"student test {describe(student_ev)} (teacher {describe(teacher_ev)})")
-    record = {
+    record = _record(args, config, teacher_run, student, result, (teacher_ev, student_ev))
+    cfg = _child_config(args, config, teacher_run, record, task)
+    metrics = {
+        "test": student_ev,
+        "teacher_test": teacher_ev,
+        "history": result.history,
+        "hint_history": result.hint_history,
+    }
+    out = save(student, args.out, config=cfg, metrics=metrics, force=args.force)
+    emit(args, {"out": str(out), **record}, _text(record, out))
+    return 0
+
+
+def _record(args, config, teacher_run, student, result, evals) -> dict:
+    """The ``compression.distillation`` record of the student's run."""
+    teacher_ev, student_ev = evals
+    return {
         "teacher": str(teacher_run.path),
         "teacher_model": teacher_run.config["model"],
         "student": args.student,
@@ -155,6 +171,10 @@ def run(args: argparse.Namespace) -> int:
         "teacher_params": _params(teacher_run.model),
         "student_params": _params(student),
     }
+
+
+def _child_config(args, config, teacher_run, record: dict, task) -> dict:
+    """The student's ``config.json``: the teacher's, with the distill step and options."""
     cfg = teacher_run.child_config(
         {
             "step": "distill",
@@ -170,15 +190,7 @@ def run(args: argparse.Namespace) -> int:
         compression={"distillation": record},
         **({"loss": task} if task else {}),
     )
-    metrics = {
-        "test": student_ev,
-        "teacher_test": teacher_ev,
-        "history": result.history,
-        "hint_history": result.hint_history,
-    }
-    out = save(student, args.out, config=cfg, metrics=metrics, force=args.force)
-    emit(args, {"out": str(out), **record}, _text(record, out))
-    return 0
+    return cfg
 
 
 def _params(model) -> int:

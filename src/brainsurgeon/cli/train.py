@@ -142,6 +142,18 @@ def run(args: argparse.Namespace) -> int:
     test = evaluate(model, data, split="test", loss=args.loss)
     val = evaluate(model, data, split="val", loss=args.loss)
     summary = summarize(model, data.input_shape)
+    metrics, cfg = _record(args, config, data, history, (test, val), summary, seconds)
+    model.cpu()
+    runs.save(model, out, config=cfg, metrics=metrics, force=args.force)
+    payload = {"run": str(out), **{k: v for k, v in metrics.items() if k != "history"}}
+    text = _text(out, test, val, summary["totals"]["params"], seconds)
+    emit(args, payload, text)
+    return 0
+
+
+def _record(args, config, data, history, evals, summary, seconds) -> tuple[dict, dict]:
+    """The run's ``metrics.json`` and ``config.json`` contents."""
+    test, val = evals
     metrics = {
         "test_accuracy": test.get("accuracy"),
         "test_loss": test["loss"],
@@ -162,12 +174,7 @@ def run(args: argparse.Namespace) -> int:
             {"step": "train", "epochs": len(history), "test_accuracy": test.get("accuracy")}
         ],
     }
-    model.cpu()
-    runs.save(model, out, config=cfg, metrics=metrics, force=args.force)
-    payload = {"run": str(out), **{k: v for k, v in metrics.items() if k != "history"}}
-    text = _text(out, test, val, summary["totals"]["params"], seconds)
-    emit(args, payload, text)
-    return 0
+    return metrics, cfg
 
 
 def _text(out, test: dict, val: dict, params: int, seconds: float) -> str:

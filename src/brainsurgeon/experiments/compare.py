@@ -159,23 +159,25 @@ def compare(
         log,
     )
     cells = out.run_cells(list(todo), compute, log)
-    payload = stamp(
-        {
-            "kind": "compare",
-            "run": str(base.path),
-            "config": config.to_dict(),
-            "budget": budget,
-            "baseline": baseline["baseline"],
-            "summary": summarize(cells.values()),
-            "cells": list(cells.values()),
-        },
-        config.seed,
-    )
-    write_json(Path(out_dir) / "compare.json", payload)
+    payload = {
+        "kind": "compare",
+        "run": str(base.path),
+        "config": config.to_dict(),
+        "budget": budget,
+        "baseline": baseline["baseline"],
+        "summary": summarize(cells.values()),
+        "cells": list(cells.values()),
+    }
+    return _write(stamp(payload, config.seed), Path(out_dir))
+
+
+def _write(payload: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """``compare.json``, the plots and ``summary.md`` (each written atomically)."""
     from .compare_plots import markdown, plot_compare
 
-    payload["plots"] = [str(p) for p in plot_compare(payload, Path(out_dir))]
-    write_text(Path(out_dir) / "summary.md", markdown(payload))
+    write_json(out_dir / "compare.json", payload)
+    payload["plots"] = [str(p) for p in plot_compare(payload, out_dir)]
+    write_text(out_dir / "summary.md", markdown(payload))
     return payload
 
 

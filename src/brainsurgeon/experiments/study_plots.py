@@ -14,19 +14,27 @@ def shown_rounds(n: int) -> list[int]:
 
 
 def plot_study(payload: dict[str, Any], out: Path) -> list[Path]:
-    crits = payload["criteria"]
-    base = payload["baseline"]["accuracy"]
-    paths = [
+    """Every figure of an OBD-SD study: accuracy curves, per-criterion histograms, and the
+    per-sample statistics of the trained model."""
+    paths = _accuracy_curves(payload, out)
+    for c, r in payload["criteria"].items():
+        paths += _histograms(c, r["rounds"], out)
+    return paths + _trained_plots(payload["trained_model"], out)
+
+
+def _curve(crits: dict[str, Any], x: str, y: str) -> dict[str, dict[str, Any]]:
+    return {
+        c: {"x": [p[x] for p in r["rounds"]], "mean": [p[y] for p in r["rounds"]], "std": None}
+        for c, r in crits.items()
+    }
+
+
+def _accuracy_curves(payload: dict[str, Any], out: Path) -> list[Path]:
+    crits, base = payload["criteria"], payload["baseline"]["accuracy"]
+    return [
         line_plot(
             out / "accuracy_per_round.png",
-            {
-                c: {
-                    "x": [x["round"] for x in r["rounds"]],
-                    "mean": [x["accuracy"] for x in r["rounds"]],
-                    "std": None,
-                }
-                for c, r in crits.items()
-            },
+            _curve(crits, "round", "accuracy"),
             xlabel="prune round (fine-tuned after each)",
             ylabel="test accuracy",
             title="Accuracy per round per criterion",
@@ -34,63 +42,57 @@ def plot_study(payload: dict[str, Any], out: Path) -> list[Path]:
         ),
         line_plot(
             out / "accuracy_before_finetune.png",
-            {
-                c: {
-                    "x": [x["target"] for x in r["rounds"]],
-                    "mean": [x["accuracy_pruned"] for x in r["rounds"]],
-                    "std": None,
-                }
-                for c, r in crits.items()
-            },
+            _curve(crits, "target", "accuracy_pruned"),
             xlabel="sparsity",
             ylabel="test accuracy right after pruning",
             title="Accuracy right after each prune step",
             reference=base,
         ),
     ]
-    for c, r in crits.items():
-        n = len(r["rounds"])
-        show = shown_rounds(n)
-        dmg = {
-            f"round {k}: {100 * r['rounds'][k - 1]['damage_hist']['below_1e-3']:.2f}% < 1e-3": (
-                r["rounds"][k - 1]["damage_hist"]["edges"],
-                r["rounds"][k - 1]["damage_hist"]["counts"],
+
+
+def _histograms(c: str, rounds: list[dict[str, Any]], out: Path) -> list[Path]:
+    """|damage| and weight histograms of the unpruned weights at the shown rounds."""
+    show = shown_rounds(len(rounds))
+
+    def panels(key: str, label) -> dict[str, tuple]:
+        return {
+            label(k, rounds[k - 1][key]): (
+                rounds[k - 1][key]["edges"],
+                rounds[k - 1][key]["counts"],
             )
             for k in show
         }
-        paths.append(
-            counts_grid(
-                out / f"damage_hist_{c}.png",
-                dmg,
-                xlabel="|predicted damage|",
-                title=f"Histogram of |damage| of unpruned weights ({c})",
-                logx=True,
-                columns=len(show),
-            )
-        )
-        wts = {
-            f"round {k} ({r['rounds'][k - 1]['weight_hist']['alive']:,} left)": (
-                r["rounds"][k - 1]["weight_hist"]["edges"],
-                r["rounds"][k - 1]["weight_hist"]["counts"],
-            )
-            for k in show
-        }
-        paths.append(
-            counts_grid(
-                out / f"weights_hist_{c}.png",
-                wts,
-                xlabel="weight",
-                title=f"Histogram of unmasked weights ({c})",
-                logy=True,
-                columns=len(show),
-            )
-        )
-    trained = payload["trained_model"]
+
+    dmg = panels("damage_hist", lambda k, h: f"round {k}: {100 * h['below_1e-3']:.2f}% < 1e-3")
+    wts = panels("weight_hist", lambda k, h: f"round {k} ({h['alive']:,} left)")
+    return [
+        counts_grid(
+            out / f"damage_hist_{c}.png",
+            dmg,
+            xlabel="|predicted damage|",
+            title=f"Histogram of |damage| of unpruned weights ({c})",
+            logx=True,
+            columns=len(show),
+        ),
+        counts_grid(
+            out / f"weights_hist_{c}.png",
+            wts,
+            xlabel="weight",
+            title=f"Histogram of unmasked weights ({c})",
+            logy=True,
+            columns=len(show),
+        ),
+    ]
+
+
+def _trained_plots(trained: dict[str, Any], out: Path) -> list[Path]:
     panels = {
         f"{w['tensor']}{w['index']} (w={w['weight']:.3g})": w["h_per_sample"]
         for w in trained["sampled_weights"]
     }
-    paths.append(
+    sc = trained["scatter"]
+    return [
         histogram_grid(
             out / "second_derivative_samples.png",
             panels,
@@ -98,10 +100,7 @@ def plot_study(payload: dict[str, Any], out: Path) -> list[Path]:
             logy=True,
             columns=4,
             title="Per-sample second derivative of sampled weights",
-        )
-    )
-    sc = trained["scatter"]
-    paths.append(
+        ),
         scatter(
             out / "sd_vs_mean.png",
             {"weights": ([abs(m) for m in sc["mean"]], sc["sd"])},
@@ -109,9 +108,8 @@ def plot_study(payload: dict[str, Any], out: Path) -> list[Path]:
             ylabel="SD of per-sample damage",
             title=f"SD vs |mean| of per-sample damage ({len(sc['mean'])} weights)",
             log=True,
-        )
-    )
-    return paths
+        ),
+    ]
 
 
 def markdown(payload: dict[str, Any]) -> str:
