@@ -8,6 +8,7 @@ layer (plus a regressor) on the FitNets hint loss, then the whole student with K
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,7 @@ def distill(
     device: str | torch.device = "auto",
     progress: bool = True,
     loss: LossLike = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> DistillResult:
     """Train ``student`` (in place) to imitate ``teacher`` on ``config.transfer`` inputs.
 
@@ -160,6 +162,7 @@ def distill(
         loss_fn=loss_fn,
         progress=progress,
         desc="distill",
+        callback=callback,
     )
     return DistillResult(student, config, transfer.describe(), history, hint_history)
 

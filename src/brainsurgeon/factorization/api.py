@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.core import DataLike, as_dataset
@@ -185,6 +187,8 @@ def factorize(
     *,
     loss: LossLike = None,
     device: str | torch.device | None = None,
+    progress: bool = False,
+    callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> FactorizeResult:
     """Replace layers of ``model`` (in place) by truncated-SVD factor pairs; see the module doc.
 
@@ -193,13 +197,16 @@ def factorize(
     measures it with ``loss`` (a name, a callable ``(output, target) -> scalar`` or None:
     from the targets) on ``device`` (default: where the model is). With ``energy``, a model
     in which no layer would shrink is left unchanged and ``result.note`` says so.
+    ``callback(record)`` runs after each layer is replaced (``progress``: a bar over them).
     """
     if device is not None:
         model.to(resolve_device(device))
     plans, svds = plan(model, config, data, loss=loss)
-    for p in plans:
-        if p.rank:
-            replace_layer(model, p.name, svds[p.name], p.rank)
+    chosen = [p for p in plans if p.rank]
+    for p in tqdm(chosen, desc="factorize", disable=not progress, leave=False, unit="layer"):
+        replace_layer(model, p.name, svds[p.name], p.rank)
+        if callback is not None:
+            callback({"layer": p.name, "rank": p.rank})
     return FactorizeResult(model=model, layers=plans, config=config)
 
 
