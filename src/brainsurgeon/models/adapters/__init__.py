@@ -4,30 +4,7 @@
 * :mod:`brainsurgeon.losses`: the loss on a batch, by name or callable.
 """
 
-from .tensors import (
-    LAYOUTS,
-    Targets,
-    TensorLayout,
-    compressible,
-    compressible_layers,
-    layer_kind,
-    layout_of,
-    layouts,
-    left_dense,
-    register_layout,
-    supported_types,
-)
+from . import tensors
+from .tensors import *  # noqa: F403  (the adapter's public names, listed once in tensors)
 
-__all__ = [
-    "LAYOUTS",
-    "Targets",
-    "TensorLayout",
-    "compressible",
-    "compressible_layers",
-    "layer_kind",
-    "layout_of",
-    "layouts",
-    "left_dense",
-    "register_layout",
-    "supported_types",
-]
+__all__ = list(tensors.__all__)
