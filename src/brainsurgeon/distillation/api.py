@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Config
 from ..data.core import DataBundle, Dataset
 from ..errors import ConfigError, DataError, check_positive_int
 from ..losses import LossLike, loss_name, resolve_loss, task_of
 from ..training import TrainConfig, fit
+from ..training.config import TrainOptions
 from ..training.evaluation import task_loss
 from ..utils import resolve_device
 from .hints import check_layer, make_regressor, tap
@@ -28,14 +28,15 @@ from .transfer import TRANSFER_SETS, TransferSet, augment, build_transfer_set
 
 
 @dataclass(frozen=True)
-class DistillConfig(Config):
+class DistillConfig(TrainOptions):
     """Options of :func:`distill`.
 
     ``alpha`` weighs the teacher term against cross entropy on the labels (ignored without
     labels). ``hint_layer`` / ``guided_layer``: teacher / student layer names for ``hint``;
     ``hint_epochs`` / ``hint_lr``: FitNets stage 1 (the summed hint loss needs a smaller
     rate). ``noise`` (std, in normalised units) and ``shift`` (pixels) shape the ``augmented``
-    transfer set. The rest are :class:`TrainConfig` options.
+    transfer set. The optimizer options are :class:`TrainOptions`' (shared with
+    :class:`TrainConfig`), with a larger default batch.
     """
 
     loss: str = "kd"
@@ -48,14 +49,7 @@ class DistillConfig(Config):
     hint_lr: float = 0.01
     noise: float = 0.1
     shift: int = 2
-    epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    seed: int = 0
 
     def __post_init__(self) -> None:
         LOSSES.get(self.loss)
@@ -79,16 +73,10 @@ class DistillConfig(Config):
 
     def train_config(self, stage: int = 2) -> TrainConfig:
         """Training options of FitNets stage 1 (hints) or of the distillation (stage 2)."""
-        return TrainConfig(
-            epochs=self.hint_epochs if stage == 1 else self.epochs,
-            lr=self.hint_lr if stage == 1 else self.lr,
-            batch_size=self.batch_size,
-            optimizer=self.optimizer,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            schedule=self.schedule,
-            seed=self.seed,
-        )
+        options = self.train_options()
+        if stage == 1:
+            options.update(epochs=self.hint_epochs, lr=self.hint_lr)
+        return TrainConfig(**options)
 
 
 @dataclass

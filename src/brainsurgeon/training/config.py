@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..config import Config
@@ -12,7 +13,25 @@ SCHEDULES = ("none", "step", "cosine")
 
 
 @dataclass(frozen=True)
-class TrainConfig(Config):
+class TrainOptions(Config):
+    """The optimizer options every training loop shares (``fit``, distillation), declared once."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    seed: int = 0
+
+    def train_options(self) -> dict[str, object]:
+        """These fields' values, as keyword arguments for :class:`TrainConfig`."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainOptions)}
+
+
+@dataclass(frozen=True)
+class TrainConfig(TrainOptions):
     """Options of :func:`brainsurgeon.training.fit`.
 
     ``lr_step`` / ``lr_gamma``: the step schedule multiplies the rate by ``lr_gamma`` every
@@ -26,14 +45,7 @@ class TrainConfig(Config):
     nets; 0 = off).
     """
 
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
     lr_step: int = 2
     lr_gamma: float = 0.5
     patience: int = 0
@@ -42,7 +54,6 @@ class TrainConfig(Config):
     shift: int = 0
     noise: float = 0.0
     max_norm: float = 0.0
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
