@@ -302,3 +302,15 @@ def test_prune_reports_sparsity_over_every_parameter_and_what_stayed_dense():
     assert 0 < result.model_sparsity < result.total_sparsity == pytest.approx(0.5, abs=1e-3)
     assert result.left_dense["enc.layers.0.norm1.weight"].startswith("LayerNorm has no layout")
     assert result.left_dense["fc.bias"].startswith("bias")
+
+
+def test_obs_says_which_inverse_its_memory_budget_chose(digits):
+    from brainsurgeon.pruning import prune
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    small = digits.train.subset(64, seed=0)
+    for options, chosen in (({}, "exact"), ({"max_memory": 2**20}, "WoodFisher blocks of")):
+        m = copy.deepcopy(model)
+        config = PruneConfig(criterion="obs", criterion_options=options, amount=0.5, samples=64)
+        result = prune(m, config, small, device="cpu", progress=False)
+        assert result.rounds[0]["obs_inverse"].startswith(chosen)

@@ -275,10 +275,11 @@ def _printer(args: argparse.Namespace, config):
             acc = f"  loss {record['loss_pruned']:.4g}"
             if config.finetune_epochs:
                 acc += f" -> fine-tuned {record['loss']:.4g}"
+        chosen = f"  [{record['obs_inverse']}]" if "obs_inverse" in record else ""
         say(
             args,
             f"round {record['round']}/{config.rounds}  sparsity "
-            f"{100 * record['sparsity']:.2f}%{acc}  ({record['seconds']:.1f} s)",
+            f"{100 * record['sparsity']:.2f}%{acc}  ({record['seconds']:.1f} s){chosen}",
         )
 
     return show

@@ -271,6 +271,7 @@ def _round(model, prepared: PrunePlan, r: int, data, device, progress) -> dict[s
         "layer_sparsity": sparsity(keep),
         "predicted_damage": None if None in damages or not damages else sum(damages),
         **({"lam": step["lam"]} if "lam" in step else {}),
+        **_chosen(crit),
     }
     if data is not None:
         before = evaluate_on(model, data, prepared.loss)
@@ -283,6 +284,14 @@ def _round(model, prepared: PrunePlan, r: int, data, device, progress) -> dict[s
         record.update(accuracy=ev.get("accuracy"), loss=ev["loss"])
     record["seconds"] = round(time.perf_counter() - start, 3)
     return record
+
+
+def _chosen(crit: Criterion) -> dict[str, Any]:
+    """What a criterion chose by itself (OBS: the block size its memory budget allowed)."""
+    if not hasattr(crit, "chosen_block_size_"):
+        return {}
+    block = crit.chosen_block_size_
+    return {"obs_inverse": "exact" if block is None else f"WoodFisher blocks of {block}"}
 
 
 def _layer_plan(config: PruneConfig, targets: Targets, model) -> list[dict[str, float]] | None:
