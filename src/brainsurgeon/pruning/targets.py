@@ -8,8 +8,6 @@ patterns. Names are ``state_dict`` names without parametrization plumbing: ``"fc
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from torch import nn
 
 from ..models.adapters import LAYOUTS, compressible, compressible_layers
@@ -23,22 +21,6 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return compressible_layers(model)
 
 
-def eligible_targets(
-    model: nn.Module,
-    *,
-    include_bias: bool = False,
-    include_first: bool = True,
-    include_last: bool = True,
-    layers: Iterable[str] | None = None,
-    exclude: Iterable[str] | None = None,
-) -> dict[str, tuple[nn.Module, str]]:
-    """``{"fc1.weight": (module, "weight"), ...}`` of the tensors a pruning step may touch
-    (:func:`brainsurgeon.models.adapters.compressible`)."""
-    return compressible(
-        model,
-        include_bias=include_bias,
-        include_first=include_first,
-        include_last=include_last,
-        layers=layers,
-        exclude=exclude,
-    )
+#: ``{"fc1.weight": (module, "weight"), ...}`` of the tensors a pruning step may touch: the
+#: adapter's :func:`~brainsurgeon.models.adapters.compressible` under its pruning name.
+eligible_targets = compressible
