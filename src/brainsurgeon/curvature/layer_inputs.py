@@ -127,8 +127,6 @@ INPUT_RULES: dict[type[nn.Module], Gram] = {
     nn.GRU: _recurrent,
     nn.MultiheadAttention: _attention,
 }
-#: kept for callers that list the layer types with an input rule
-INPUT_ROWS = INPUT_RULES
 
 
 def input_rule(module: nn.Module, name: str = "layer") -> Gram:
@@ -139,9 +137,6 @@ def input_rule(module: nn.Module, name: str = "layer") -> Gram:
         f"{name} is a {layer_kind(module)} layer; layer-wise OBS / GPTQ handle "
         f"{', '.join(c.__name__ for c in INPUT_RULES)} (use criterion 'obs' or 'obd' instead)"
     )
-
-
-input_rows_fn = input_rule
 
 
 def input_owner(model: nn.Module | None, module: nn.Module) -> tuple[nn.Module, str]:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..errors import UnsupportedLayerError
-from ..models.adapters.tensors import layer_kind as layer_type
+from ..models.adapters.tensors import layer_kind
 from ..state import make_permanent
 from .fields import Dense, Field, Outer, sum_of_squares
 
@@ -137,7 +137,7 @@ def rule_for(module: nn.Module, name: str) -> LayerRule:
             return rule
     supported = ", ".join(c.__name__ for c in LAYER_RULES)
     raise UnsupportedLayerError(
-        f"{name} belongs to a {layer_type(module)} layer; fast per-sample rules exist for "
+        f"{name} belongs to a {layer_kind(module)} layer; fast per-sample rules exist for "
         f'{supported} only; use method="autograd" (any layer, slower) or hessian="exact" '
         "for small nets"
     )
