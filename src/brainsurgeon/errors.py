@@ -32,6 +32,10 @@ class NumericalError(BrainsurgeonError):
     """A loss or statistic became NaN or infinite."""
 
 
+class EncodingError(BrainsurgeonError):
+    """Encoded bytes are truncated or corrupt and cannot be decoded."""
+
+
 def check_fraction(name: str, value: float, *, closed_high: bool = False) -> float:
     """Validate ``0 < value < 1`` (or ``<= 1`` with ``closed_high``) and return it as float."""
     value = float(value)
