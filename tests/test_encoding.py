@@ -166,7 +166,8 @@ def test_table_round_trip_dense_and_sparse(alphabet, used):
     back, end = unpack_table(data + b"tail", alphabet)
     np.testing.assert_array_equal(back, values)
     assert end == len(data)
-    assert len(data) < 64 or alphabet <= 32 * 8  # sparse wins for few symbols
+    if alphabet == 1 << 16:
+        assert len(data) < 64  # the sparse layout wins for a few symbols of a large alphabet
 
 
 def test_table_corrupt():

@@ -15,6 +15,9 @@ distinct symbol stores the table alone (0 bits per symbol).
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
 import numpy as np
 
 from ..errors import BrainsurgeonError, ConfigError, EncodingError
@@ -32,7 +35,7 @@ def available() -> bool:
     return True
 
 
-def _constriction():
+def _constriction() -> ModuleType:
     try:
         import constriction
     except ImportError:
@@ -55,7 +58,7 @@ def _precision(count: int) -> int:
     return int(np.clip(max(count, 1).bit_length() // 2 + 4, 8, 16))
 
 
-def _model(freqs: np.ndarray):
+def _model(freqs: np.ndarray) -> tuple[Any, np.ndarray]:
     """The categorical model over the used symbols, and those symbols ``(k,)``."""
     used = np.flatnonzero(freqs)
     probs = freqs[used].astype(np.float64)

@@ -206,7 +206,9 @@ def decode(data: bytes, lengths: np.ndarray, count: int) -> np.ndarray:
     return out.T.ravel()[:count]
 
 
-def _lockstep(window, sym, ln, top, pos, out) -> None:
+def _lockstep(
+    window: np.ndarray, sym: np.ndarray, ln: np.ndarray, top: int, pos: np.ndarray, out: np.ndarray
+) -> None:
     """Decode ``out.shape[0]`` symbols in every lane; ``pos`` (lanes,) advances in place."""
     mask = (1 << top) - 1
     drop = 32 - top
