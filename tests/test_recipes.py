@@ -144,7 +144,7 @@ def test_same_seed_reproduces_the_metrics_from_the_stored_recipe(first, tmp_path
     again = run_recipe(
         Path(result["final_run"]) / "recipe.yaml", tmp_path / "again", progress=False
     )
-    for key in ("accuracy", "loss", "nonzeros", "stored_bytes"):
+    for key in ("accuracy", "loss", "nonzeros", "file_bytes"):
         assert again["after"][key] == result["after"][key]
         assert again["before"][key] == result["before"][key]
     assert [s.get("accuracy") for s in again["steps"]] == [

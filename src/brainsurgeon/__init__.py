@@ -40,6 +40,7 @@ _API = {
     "save": "brainsurgeon.runs",
     "load": "brainsurgeon.runs",
     "load_run": "brainsurgeon.runs",
+    "export": "brainsurgeon.container",
     "Run": "brainsurgeon.runs",
     "build_model": "brainsurgeon.models",
     "TrainConfig": "brainsurgeon.training",

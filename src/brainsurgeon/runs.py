@@ -137,11 +137,48 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return cfg
 
 
-def load_run(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Run:
-    """Load a run directory: model (with masks/quantizers/edits restored), config, metrics."""
-    from .models import build_from_spec
+def load_run(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    inference: bool = False,
+    runtime: str | None = None,
+) -> Run:
+    """Load a run directory or a compressed ``.bsc`` file: model, config, metrics.
+
+    A run directory's model keeps its masks and quantizers (ready to fine-tune further); with
+    ``inference=True`` they are baked into plain tensors. A ``.bsc`` file always loads baked.
+    ``runtime``: ``"dense"`` (plain layers) or ``"sparse"`` (sparse Linear kernels where they
+    pay, :mod:`brainsurgeon.runtime`); implies ``inference``.
+    """
+    from .container import is_compressed_file
 
     path = Path(path)
+    if is_compressed_file(path):
+        run = _load_file(path)
+    else:
+        run = _load_dir(path)
+    if inference or runtime is not None:
+        from .runtime import to_inference
+
+        run.model = to_inference(run.model, runtime or "dense", inplace=True)
+    run.model.to(device).eval()
+    return run
+
+
+def _load_file(path: Path) -> Run:
+    from .container import read
+
+    loaded = read(path)
+    header = loaded.header
+    cfg = {**header.get("run", {}), "model": header["model"], "edits": header.get("edits", [])}
+    cfg.update(format="brainsurgeon-compressed", baked=True, file_bytes=loaded.file_bytes)
+    return Run(path=path, model=loaded.model, config=cfg, metrics=dict(header.get("metrics", {})))
+
+
+def _load_dir(path: Path) -> Run:
+    from .models import build_from_spec
+
     cfg = read_config(path)
     weights = path / MODEL_FILE
     if not weights.exists():
@@ -169,15 +206,21 @@ def load_run(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> 
             f"{weights} does not match the model in {CONFIG_FILE} ({first}); "
             "the run is corrupt or was edited by hand"
         ) from None
-    model.to(device).eval()
     metrics_path = path / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     return Run(path=path, model=model, config=cfg, metrics=metrics)
 
 
-def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model of a run directory, with its compression state, on ``device``."""
-    return load_run(path, device=device).model
+def load(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    inference: bool = False,
+    runtime: str | None = None,
+) -> nn.Module:
+    """Rebuild the model of a run directory (with its compression state) or of a ``.bsc``
+    file (baked, ready for inference) on ``device``; see :func:`load_run`."""
+    return load_run(path, device=device, inference=inference, runtime=runtime).model
 
 
 def _ordered(cfg: dict[str, Any]) -> dict[str, Any]:

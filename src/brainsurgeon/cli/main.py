@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "study",
     "sensitivity",
     "report",
+    "export",
     "recipe",
 ]
 

@@ -49,7 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         __doc__,
         EPILOG.replace("{steps}", steps),
     )
-    p.add_argument("recipe", help="recipe file (YAML)")
+    p.add_argument("recipe", help="recipe file (YAML) or a shipped recipe: demo, deep-compression")
+    p.add_argument(
+        "--load",
+        default=None,
+        metavar="RUN",
+        help="start from this run directory instead: the recipe's model, data and leading "
+        "train steps are skipped (e.g. run deep-compression --load runs/lenet300)",
+    )
     p.add_argument("--out", default=None, help="output folder (default: runs/RECIPE-NAME)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--check", action="store_true", help="validate the recipe and stop")
@@ -59,9 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..recipes import load_recipe, run_recipe
+    from ..recipes import load_recipe, run_recipe, start_from
 
     recipe = load_recipe(args.recipe)
+    if args.load:
+        recipe = load_recipe(start_from(recipe, args.load))
     if args.check:
         steps = [kind for kind, _ in recipe.steps]
         emit(
@@ -73,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     name = recipe.data.get("name") or Path(args.recipe).stem
     out = Path(args.out or f"runs/{name}")
     result = run_recipe(
-        args.recipe,
+        recipe.data if args.load else args.recipe,
         out,
         device=None if args.device == "auto" else args.device,
         progress=not args.quiet,
@@ -81,23 +90,35 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         log=lambda m: say(args, m),
     )
-    b, a = result["before"], result["after"]
-    rows = [
-        [label, b[key] * scale, a[key] * scale]
-        for key, label, scale in [
-            ("accuracy", "test accuracy %", 100),
-            ("nonzeros", "nonzero params", 1),
-            ("stored_bytes", "stored bytes", 1),
-            ("bits_per_weight", "bits/weight", 1),
-            ("nonzero_flops", "nonzero FLOPs", 1),
-        ]
-    ]
     text = "\n".join(
         [
-            table(rows, ["", "start", "final"]),
-            f"\nwrote {out} in {result['seconds']} s"
+            stages_table(result),
+            f"\nwrote {out} in {result['seconds']} s; the compressed file: "
+            f"{result['final_file']}"
             + (f"; report: {result['report']}" if result["report"] else ""),
         ]
     )
     emit(args, result, text)
     return 0
+
+
+def stages_table(result: dict) -> str:
+    """One row per stage: accuracy (read back from the file) and the file's size on disk."""
+    b, a = result["before"], result["after"]
+    fp32 = b["fp32_bytes"]
+    rows = [["start", "", 100 * b["accuracy"], b["file_bytes"], fp32 / b["file_bytes"]]]
+    for i, step in enumerate(result["steps"]):
+        acc, size = step.get("accuracy"), step.get("file_bytes")
+        rows.append(
+            [
+                f"{i + 1}. {step['step']}",
+                step.get("split", ""),
+                "-" if acc is None else 100 * acc,
+                "-" if size is None else size,
+                "-" if not size else fp32 / size,
+            ]
+        )
+    rows.append(
+        ["final (model.bsc)", "test", 100 * a["accuracy"], a["file_bytes"], fp32 / a["file_bytes"]]
+    )
+    return table(rows, ["stage", "split", "accuracy %", "file bytes", "x smaller than fp32"])

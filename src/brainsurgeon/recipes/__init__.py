@@ -8,7 +8,16 @@ is the recipe ``brainsurgeon demo`` runs. Step kinds: the registry ``STEPS``.
 from pathlib import Path
 
 from .runner import RECIPE_FILE, run_recipe
-from .schema import STEP_KINDS, Recipe, RecipeError, load_recipe, validate
+from .schema import (
+    STEP_KINDS,
+    Recipe,
+    RecipeError,
+    load_recipe,
+    resolve_recipe,
+    shipped_recipes,
+    start_from,
+    validate,
+)
 from .steps import STEPS, StepContext, StepKind
 
 
@@ -27,6 +36,9 @@ __all__ = [
     "StepKind",
     "demo_recipe_path",
     "load_recipe",
+    "resolve_recipe",
+    "shipped_recipes",
+    "start_from",
     "run_recipe",
     "validate",
 ]

@@ -6,6 +6,7 @@ step has finished, so it appears complete or not at all::
 
     OUT/start/         the model after the first step (trained) or as loaded: a run directory
     OUT/final/         the compressed model: a run directory
+    OUT/model.bsc      the compressed model as one file (``brainsurgeon.load`` reads it)
     OUT/recipe.yaml    the recipe (also inside both run directories)
     OUT/result.json    before / after metrics, every step's record, seed, environment
     OUT/report.html    the HTML report of OUT/final (when ``report: true``)
@@ -33,6 +34,7 @@ from .schema import Recipe, load_recipe, step_config
 from .steps import STEPS, StepContext
 
 RECIPE_FILE = "recipe.yaml"
+FINAL_FILE = "model.bsc"
 
 
 def run_recipe(
@@ -49,7 +51,9 @@ def run_recipe(
 
     ``seed`` overrides the recipe's seed; ``device`` its device (default: auto). Returns
     ``{"before", "after", "steps", "final_run", "start_run", "report", "out", "seed"}``;
-    ``before`` / ``after`` hold test accuracy, the size totals and batch-1/64 latency.
+    ``before`` / ``after`` hold test accuracy, the file size on disk, counts and batch-1/64
+    latency, measured on the model as read back from its ``.bsc`` file; every step's record
+    has its accuracy and ``file_bytes``.
     """
     r = load_recipe(recipe)
     if seed is not None and int(seed) != r.seed:  # store the recipe that really ran
@@ -83,7 +87,7 @@ def _execute(r: Recipe, tmp: Path, out: Path, device, progress: bool, say) -> di
     for i, (kind, options) in enumerate(r.steps):
         say(f"step {i + 1}/{len(r.steps)}: {kind} {options or ''}")
         try:
-            record = _step(kind, options, r.seed + i, ctx)
+            record = _step(kind, options, r.seed + i, ctx, tmp)
         except BrainsurgeonError as err:  # name the step that failed, with its line
             raise r.error(f"steps[{i}].{kind}", str(err)) from None
         steps.append(record)
@@ -91,10 +95,12 @@ def _execute(r: Recipe, tmp: Path, out: Path, device, progress: bool, say) -> di
         if before is None:  # a new model: the starting point is the trained one
             before = _save_start(ctx.model, data, tmp, base_cfg, history, r, files)
     model = ctx.model
-    after = _measure(model, data)
+    options = compression.get("export", {}).get("options", {})
+    after = _measure(model, data, tmp, options)
     history[-1]["parent"] = str(out / "start")
     final_cfg = {**base_cfg, "history": history, "compression": compression, "recipe": r.data}
     runs.save(model, tmp / "final", config=final_cfg, metrics=after, files=files)
+    _export_final(model, tmp, final_cfg, after, options)
     report = _report(tmp, out, r) if r.data.get("report", True) else None
     return {
         "recipe": r.source,
@@ -106,13 +112,21 @@ def _execute(r: Recipe, tmp: Path, out: Path, device, progress: bool, say) -> di
         "out": str(out),
         "start_run": str(out / "start"),
         "final_run": str(out / "final"),
+        "final_file": str(out / FINAL_FILE),
         "report": report,
         "environment": environment(),
     }
 
 
+def _export_final(model, tmp: Path, cfg: dict, metrics: dict, options: dict) -> None:
+    """OUT/model.bsc: the final model as one compressed file (what ``after`` measured)."""
+    from ..container import export
+
+    export(model, tmp / FINAL_FILE, config=cfg, metrics=metrics, **options)
+
+
 def _save_start(model, data, tmp: Path, base_cfg, history, r: Recipe, files) -> dict[str, Any]:
-    metrics = _measure(model, data)
+    metrics = _measure(model, data, tmp)
     cfg = {**base_cfg, "history": list(history), "recipe": r.data}
     runs.save(model, tmp / "start", config=cfg, metrics=metrics, files=files)
     return metrics
@@ -148,8 +162,10 @@ def _start(r: Recipe, device, progress: bool, say):
     )
 
 
-def _step(kind: str, options, seed: int, ctx: StepContext) -> dict[str, Any]:
-    """Run one step through its registered kind; then evaluate it on its split."""
+def _step(kind: str, options, seed: int, ctx: StepContext, scratch: Path) -> dict[str, Any]:
+    """Run one step through its registered kind; then evaluate it on its split and size the
+    file it would export to."""
+    from ..container import export
     from ..training import evaluate
 
     opts = step_config(kind, options, seed=seed if "seed" not in options else options["seed"])
@@ -165,36 +181,53 @@ def _step(kind: str, options, seed: int, ctx: StepContext) -> dict[str, Any]:
         split=split,
         seconds=round(time.perf_counter() - start, 3),
     )
+    path = scratch / ".step.bsc"
+    record["file_bytes"] = export(ctx.model, path).file_bytes
+    path.unlink()
     return record
 
 
 def _brief(record: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "total_sparsity", "bits_per_weight", "epochs", "split", "weight_ratio")
+    keys = (
+        "accuracy",
+        "total_sparsity",
+        "bits_per_weight",
+        "epochs",
+        "split",
+        "weight_ratio",
+        "file_bytes",
+    )
     return {k: record[k] for k in keys if k in record}
 
 
-def _measure(model, data) -> dict[str, Any]:
-    """Test accuracy, size totals (params, nonzeros, bytes, FLOPs) and latency.
+def _measure(model, data, scratch: Path, export_options: dict | None = None) -> dict[str, Any]:
+    """Test accuracy, the compressed file's size, counts (params, nonzeros, FLOPs), latency.
 
-    Latency is measured on the deployable form: a copy with masks and quantizers baked in
-    (``make_permanent``), not on the training-time parametrizations.
+    The model is exported to a ``.bsc`` file and read back: accuracy and batch-1/64 latency
+    are those of the model as it loads from the file (plain tensors, nothing re-quantized at
+    each call), and ``file_bytes`` is the file's size on disk.
     """
-    import copy
-
+    from ..container import export, read
     from ..metrics import measure_latency, summarize
-    from ..state import make_permanent
     from ..training import evaluate
 
     shape = data.input_shape
     totals = summarize(model, shape)["totals"]
     totals.pop("flop_counter_flops", None)
-    lat = measure_latency(make_permanent(copy.deepcopy(model)), shape, min_run_time=0.1)
-    ev = evaluate(model, data, split="test")
+    path = scratch / ".measure.bsc"
+    exported = export(model, path, **(export_options or {}))
+    loaded = read(path).model
+    path.unlink()
+    lat = measure_latency(loaded, shape, min_run_time=0.1)
+    ev = evaluate(loaded, data, split="test")
     return {
         "accuracy": ev["accuracy"],
         "loss": ev["loss"],
         "errors": ev["errors"],
         **totals,
+        "file_bytes": exported.file_bytes,
+        "fp32_bytes": exported.fp32_bytes,
+        "file_ratio": exported.ratio,
         "latency_b1_ms": lat["batch_1_ms"],
         "latency_b64_ms": lat["batch_64_ms"],
     }

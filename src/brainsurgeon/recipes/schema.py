@@ -86,18 +86,46 @@ class Recipe:
         return RecipeError(f"{self.source}: {self.where(path)}: {message}")
 
 
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes that come with brainsurgeon, by name (``demo``, ``deep-compression``)."""
+    return {p.stem: p for p in sorted(Path(__file__).parent.glob("*.yaml"))}
+
+
+def resolve_recipe(recipe: str | os.PathLike) -> Path:
+    """A recipe file, or the shipped recipe of that name."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    if str(recipe) in shipped:
+        return shipped[str(recipe)]
+    raise RecipeError(
+        f"recipe file {path} does not exist and is not a shipped recipe "
+        f"({', '.join(shipped)}); check the path (see `brainsurgeon run --help` for the format)"
+    )
+
+
+def start_from(recipe: Recipe, run: str | os.PathLike) -> dict[str, Any]:
+    """``recipe`` applied to an existing run: its model, data and leading train steps give
+    way to ``load: run`` (the run's own data is used)."""
+    data = {k: v for k, v in recipe.data.items() if k not in ("model", "model_kwargs", "data")}
+    steps = list(recipe.data.get("steps", []))
+    while steps and next(iter(steps[0])) == "train":
+        steps.pop(0)
+    if not steps:
+        raise RecipeError(
+            f"{recipe.source}: nothing is left to run on {run} without its train steps"
+        )
+    return {**data, "load": str(run), "steps": steps}
+
+
 def load_recipe(recipe: str | os.PathLike | dict[str, Any]) -> Recipe:
     """Read a recipe file (or take a dict), parse it with line marks and validate it."""
     if isinstance(recipe, dict):
         text = yaml.safe_dump(recipe, sort_keys=False)
         source = "<recipe>"
     else:
-        path = Path(recipe)
-        if not path.is_file():
-            raise RecipeError(
-                f"recipe file {path} does not exist; check the path (see "
-                "`brainsurgeon run --help` for the format)"
-            )
+        path = resolve_recipe(recipe)
         text, source = path.read_text(), str(path)
     try:
         node = yaml.compose(text)

@@ -123,6 +123,27 @@ class EvaluateConfig(Config):
             raise ConfigError(f"split must be train, val or test, got {self.split!r}")
 
 
+@dataclass(frozen=True)
+class ExportConfig(Config):
+    """Options of the ``export`` step (the recipe's OUT/model.bsc): ``index_bits`` (CSR gap
+    width: None = 5 for fc and 8 for conv, ``auto`` = the smallest of 2..10) and ``codec``
+    (auto | raw | huffman | ans)."""
+
+    index_bits: int | str | None = None
+    codec: str = "auto"
+
+    def __post_init__(self) -> None:
+        from ..container.writer import check_index_bits
+
+        check_index_bits(self.index_bits)
+        if self.codec not in ("auto", "raw", "huffman", "ans"):
+            raise ConfigError(f"codec must be auto, raw, huffman or ans, got {self.codec!r}")
+
+    def export_options(self) -> dict[str, Any]:
+        codecs = None if self.codec == "auto" else ("raw", self.codec)
+        return {"index_bits": self.index_bits, "codecs": codecs}
+
+
 def _train(ctx: StepContext, opts: StepOptions) -> dict[str, Any]:
     from ..training import fit
 
@@ -198,6 +219,12 @@ def _evaluate(ctx: StepContext, opts: StepOptions) -> dict[str, Any]:
     return {}
 
 
+def _export(ctx: StepContext, opts: StepOptions) -> dict[str, Any]:
+    """Choose how OUT/model.bsc is encoded (the file is written when the recipe ends)."""
+    ctx.compression["export"] = {"options": opts.config.export_options()}
+    return {"index_bits": opts.config.index_bits, "codec": opts.config.codec}
+
+
 def _kind(name: str, description: str, config: str, run, **options: Any) -> None:
     STEPS.register(name, description)(StepKind(config, run, **options))
 
@@ -236,6 +263,13 @@ _kind(
     _distill,
     extra={"teacher": str},
     example={"epochs": 1, "shift": 0, "noise": 0.0},
+)
+_kind(
+    "export",
+    "encode OUT/model.bsc with these options (index_bits, codec); it is always written",
+    "recipes.steps:ExportConfig",
+    _export,
+    example={"index_bits": "auto"},
 )
 _kind(
     "evaluate",

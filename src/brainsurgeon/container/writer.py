@@ -1,0 +1,190 @@
+"""Write a model with its compression (masks, codebooks, codes, factors) into one ``.bsc`` file.
+
+The file holds the model *as it computes*: every parametrization is baked in first, then each
+weight is written by the smallest exact encoding (:mod:`.tensors`), so what loads is a plain
+model whose outputs equal the in-memory compressed model's. The header keeps the model spec,
+the architecture edits (factorization, hashing) and the run's data and normalisation.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import state
+from .._io import write_bytes
+from ..errors import ConfigError, RunDirError
+from ..models.adapters import compressible_layers, layer_kind, layouts
+from ..utils import environment
+from .format import FRAMING_BYTES, pack, unpack
+from .tensors import AUTO_WIDTHS, Encoded, encode_raw, encode_weight
+
+FORMAT = "brainsurgeon-compressed"
+COLUMNS = ("positions", "codes", "table", "other")
+_NOT_RUN = ("parametrizations", "format", "format_version", "model", "edits", "versions", "baked")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What was written: ``path``, ``file_bytes`` (on disk), ``fp32_bytes`` (4 bytes a
+    parameter), per-tensor ``rows`` and the ``header_bytes`` and framing they add up with."""
+
+    path: Path
+    file_bytes: int
+    fp32_bytes: int
+    rows: list[dict[str, Any]]
+    header_bytes: int
+    framing_bytes: int = FRAMING_BYTES
+
+    @property
+    def ratio(self) -> float:
+        return self.fp32_bytes / max(self.file_bytes, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "file_bytes": self.file_bytes,
+            "fp32_bytes": self.fp32_bytes,
+            "ratio": self.ratio,
+            "header_bytes": self.header_bytes,
+            "framing_bytes": self.framing_bytes,
+            "rows": self.rows,
+        }
+
+
+def check_index_bits(index_bits: int | str | None) -> int | str | None:
+    """``None`` (Han's 5 for fc, 8 for conv), ``"auto"`` or a width in 2..16."""
+    if index_bits is None or index_bits == "auto":
+        return index_bits
+    try:
+        width = int(index_bits)
+    except (TypeError, ValueError):
+        width = 0
+    if not 1 <= width <= 16:
+        raise ConfigError(
+            f"index bits must be 1..16 or 'auto' (tries {AUTO_WIDTHS.start}.."
+            f"{AUTO_WIDTHS.stop - 1}), got {index_bits!r}; Deep Compression uses 5 for fc "
+            "and 8 for conv layers"
+        )
+    return width
+
+
+def export(
+    model: nn.Module | str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    index_bits: int | str | None = None,
+    codecs: tuple[str, ...] | None = None,
+) -> ExportResult:
+    """Write ``model`` to ``path`` atomically; returns the byte table.
+
+    ``config``: the run's fields to keep (data, normalization, history, ...); ``index_bits``:
+    CSR gap width (None = 5 for fc and 8 for conv, ``"auto"`` = the smallest of 2..10);
+    ``codecs``: allowed stream codecs (default all: raw, Huffman, the entropy coder).
+    ``model`` may be a run directory: its config and metrics are kept in the file.
+    """
+    if not isinstance(model, nn.Module):
+        from ..runs import load_run
+
+        run = load_run(model)
+        model = run.model
+        config = {**run.config, **(config or {})}
+        metrics = {**run.metrics, **(metrics or {})}
+    spec = state.spec_of(model)
+    if spec is None:
+        raise RunDirError(
+            "this model carries no spec; build it with brainsurgeon.build_model(...) or attach "
+            "one with brainsurgeon.state.set_spec(model, spec) before exporting"
+        )
+    index_bits = check_index_bits(index_bits)
+    hints, kinds, weights = _inventory(model)
+    baked = state.make_permanent(copy.deepcopy(model)).cpu()
+    encoded = [
+        encode_weight(
+            k, v.float(), kind=kinds[k], hint=hints.get(k), index_bits=index_bits, codecs=codecs
+        )
+        if k in weights and v.dtype == torch.float32
+        else encode_raw(k, v)
+        for k, v in baked.state_dict().items()
+    ]
+    header = _header(spec, model, config, metrics, [e.record for e in encoded])
+    sections = {name: data for e in encoded for name, data in e.sections.items()}
+    data = pack(header, sections)
+    write_bytes(path, data)
+    rows = [_row(e, kinds) for e in encoded]
+    params = sum(p.numel() for p in baked.parameters())
+    head = unpack(data).header_bytes
+    return ExportResult(Path(path), len(data), 4 * params, rows, head)
+
+
+def _inventory(model: nn.Module) -> tuple[dict[str, dict], dict[str, str], set[str]]:
+    """Per state-dict key of the baked model: quantizer hints, layer kinds, which are weights."""
+    hints, kinds, weights = {}, {}, set()
+    for layer, module in compressible_layers(model):
+        for t in layouts(module):
+            key = f"{layer}.{t.tensor}" if layer else t.tensor
+            kinds[key] = layer_kind(module)
+            chain = state.parametrizations_of(module, t.tensor)
+            if not t.bias or chain:
+                weights.add(key)
+            for p in chain:
+                hint = affine_hint(p)
+                if hint:
+                    hints[key] = hint
+    return hints, kinds, weights
+
+
+def affine_hint(p: nn.Module) -> dict[str, Any] | None:
+    """Scale, zero point and code range of a uniform (or GPTQ) quantizer, else None."""
+    if getattr(p, "kind", "") != "uniform":
+        return None
+    from ..quantization.methods.uniform import code_range
+
+    qmin, _ = code_range(p.bits, p.symmetric)
+    return {
+        "scale": p.scale.detach().cpu().numpy(),
+        "zero_point": p.zero_point.detach().cpu().numpy(),
+        "bits": p.bits,
+        "qmin": qmin,
+    }
+
+
+def _header(spec, model, config, metrics, records) -> dict[str, Any]:
+    run = {k: v for k, v in (config or {}).items() if k not in _NOT_RUN}
+    return {
+        "format": FORMAT,
+        "model": spec,
+        "edits": state.edits_of(model),
+        "run": run,
+        "metrics": metrics or {},
+        "versions": environment(),
+        "tensors": records,
+    }
+
+
+def _row(e: Encoded, kinds: dict[str, str]) -> dict[str, Any]:
+    name = e.record["name"]
+    layer, _, tensor = name.rpartition(".")
+    row = {"tensor": name, "layer": layer, "kind": kinds.get(name, "other")}
+    row.update({c: e.row.get(c, 0) for c in COLUMNS})
+    row["params"], row["nonzeros"] = e.row["params"], e.row.get("nonzeros", e.row["params"])
+    row["bytes"] = sum(row[c] for c in COLUMNS)
+    if e.record["encoding"] == "weight":
+        pos, values = e.record["positions"], e.record["values"]
+        row["format"] = pos["format"] + (f"{pos['width']}" if pos["width"] else "")
+        row["values"] = values["model"]
+        row["codecs"] = e.row.get("codecs", {})
+        nnz = max(row["nonzeros"], 1)
+        row["bits_per_weight"] = 8 * (row["codes"] + row["table"]) / nnz
+        row["bits_per_index"] = 8 * row["positions"] / nnz
+    else:
+        row["format"], row["values"] = "raw", e.record["dtype"]
+    return row
