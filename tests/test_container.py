@@ -53,6 +53,8 @@ def test_every_compression_loads_back_to_identical_outputs(method, pruned, digit
     if method is not None:
         bs.quantize(model, bs.quant_config(method[0], **method[1]), digits, progress=False)
     result = export(model, tmp_path / "m.bsc")
+    if method and method[0] in ("product", "residual"):
+        assert {r["values"] for r in result.rows if r["tensor"] == "fc1.weight"} == {"vector"}
     loaded = read(tmp_path / "m.bsc").model
     x = digits.test.x[:64]
     assert torch.equal(_outputs(model, x), _outputs(loaded, x))
@@ -89,21 +91,20 @@ def test_value_models_are_exact_and_refuse_what_they_cannot_code():
     rng = np.random.default_rng(0)
     levels = rng.normal(size=7).astype(np.float32)
     v = levels[rng.integers(0, 7, 500)]
-    r = rng.integers(0, 10, 500)
-    names = {f.model for f in fit_all(v, r, 10, None)}
+    names = {f.model for f in fit_all(v, np.arange(500), (10, 50), None)}
     assert {"codebook", "rows", "float32"} <= names
     noise = rng.normal(size=70_000).astype(np.float32)
-    assert VALUE_MODELS.get("codebook").fit(noise, np.zeros(70_000, int), 1, None) is None
+    assert VALUE_MODELS.get("codebook").fit(noise, np.arange(70_000), (70_000,), None) is None
     scale = np.array([0.1, 0.2], dtype=np.float32)
     zero = np.array([3.0, 0.0], dtype=np.float32)
     q = rng.integers(0, 8, 40).astype(np.float32)
-    rows = np.repeat([0, 1], 20)
-    w = (q - zero[rows]) * scale[rows]
+    w = (q - zero[np.repeat([0, 1], 20)]) * scale[np.repeat([0, 1], 20)]
     keep = w != 0
     hint = {"scale": scale, "zero_point": zero, "bits": 3, "qmin": 0}
-    fits = {f.model: f for f in fit_all(w[keep], rows[keep], 2, hint)}
+    pos = np.flatnonzero(keep)
+    fits = {f.model: f for f in fit_all(w[keep], pos, (2, 20), hint)}
     assert fits["affine"].streams["codes"][1] == 8  # 3-bit codes, exact
-    assert VALUE_MODELS.get("affine").fit(w[keep], rows[keep], 2, None) is None
+    assert VALUE_MODELS.get("affine").fit(w[keep], pos, (2, 20), None) is None
 
 
 def test_export_of_a_run_keeps_its_config_and_loads_through_load_run(trained_run, tmp_path):

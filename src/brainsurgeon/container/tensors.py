@@ -90,7 +90,7 @@ def position_formats(nonzero: np.ndarray, widths: list[int]) -> list[Entries]:
 def value_estimate(fitted: Fitted, entries: Entries) -> float:
     """Bytes of ``fitted``'s streams and tables at ``entries`` (zeros take one extra symbol)."""
     total = sum(t.nbytes for t in fitted.tables.values())
-    if "codes" not in fitted.streams:  # float32: one value per entry
+    if fitted.model == "float32":  # one value per entry
         return total + 4 * int(entries.zero.sum())
     for name, (symbols, alphabet) in fitted.streams.items():
         if name == "codes":
@@ -129,15 +129,15 @@ def encode_weight(
     """Encode one float32 weight by the smallest (positions, value model) pair."""
     flat = weight.detach().cpu().contiguous().reshape(-1).numpy()
     n_rows = weight.shape[0] if weight.dim() > 1 else 1
-    row_len = max(flat.size // max(n_rows, 1), 1)
     nonzero = flat != 0
     nz = np.flatnonzero(nonzero)
-    fits = fit_all(flat[nz], nz // row_len, n_rows, hint)
+    fits = fit_all(flat[nz], nz, tuple(weight.shape), hint)
     formats = position_formats(nonzero, widths_for(kind, index_bits))
     pairs = [
         (e.est + value_estimate(f, e), i, j)
         for i, e in enumerate(formats)
         for j, f in enumerate(fits)
+        if f.zero_entries or not e.zero.any()
     ]
     _, i, j = min(pairs)
     entries, fitted = formats[i], fits[j]
@@ -221,7 +221,6 @@ def decode_tensor(record: dict[str, Any], sections: dict[str, bytes]) -> torch.T
         return flat.reshape(shape).clone()
     n = math.prod(shape)
     pos, zero = _decode_positions(record, sections, n)
-    rows = max(int(record["rows"]), 1)
     fitted = Fitted(record["values"]["model"], meta=record["values"]["meta"])
     for tname, info in record["tables"].items():
         fitted.tables[tname] = np.frombuffer(sections[info["section"]], dtype=np.float32)
@@ -231,13 +230,15 @@ def decode_tensor(record: dict[str, Any], sections: dict[str, bytes]) -> torch.T
     flat = np.zeros(n, dtype=np.float32)
     if fitted.model == "float32":
         flat[pos] = fitted.tables["values"]
-    else:
+        return torch.from_numpy(flat).reshape(shape)
+    if zero is None:  # zeros at entries are the extra symbol of the codes, if there is one
+        codes, alphabet = fitted.streams.get("codes", (None, 0))
+        zero = codes == alphabet - 1 if record["values"]["zero_symbol"] else pos < 0
+    if "codes" in fitted.streams:
         codes, alphabet = fitted.streams["codes"]
-        if zero is None:
-            zero = codes == alphabet - 1 if record["values"]["zero_symbol"] else codes < 0
         fitted.streams["codes"] = (codes[~zero], alphabet)
-        keep = pos[~zero]
-        flat[keep] = VALUE_MODELS.get(fitted.model).decode(fitted, keep // max(n // rows, 1))
+    keep = pos[~zero]
+    flat[keep] = VALUE_MODELS.get(fitted.model).decode(fitted, keep, tuple(shape))
     return torch.from_numpy(flat).reshape(shape)
 
 

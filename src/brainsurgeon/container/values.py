@@ -1,20 +1,24 @@
 """Value models: how the nonzero values of one weight tensor are written.
 
-A model turns the ``m`` nonzero values ``v (m,)`` (float32, with the row ``r (m,)`` of the
-weight's matrix view each one sits in) into integer symbol streams plus small float tables,
-and back. The writer fits every model that applies, keeps those whose decode reproduces ``v``
-bit for bit, and writes the smallest, so a loaded file equals the in-memory model exactly:
+A model turns the ``m`` nonzero values ``v (m,)`` (float32, at flat positions ``pos (m,)`` of
+a weight of shape ``S``, row ``r = pos // (n / S[0])`` of its matrix view) into integer symbol
+streams plus small float tables, and back. The writer fits every model that applies, keeps
+those whose decode reproduces ``v`` bit for bit, and writes the smallest, so a loaded file
+equals the in-memory model exactly:
 
 * ``codebook``: the distinct values ``u (k,)`` and one index per weight, ``v = u[i]``
   (k-means shared weights, binary/ternary/uniform per tensor, any tensor with few levels);
 * ``rows``: distinct values per row and local indices (per-channel binary or ternary);
 * ``affine``: integer codes ``q`` with the quantizer's per-channel scale ``s`` and zero point
   ``z``, ``v = (q - z_r) s_r`` (uniform and GPTQ, per channel);
+* ``vector``: a vector quantizer's indices and codebooks (product, residual), decoded by the
+  quantizer's own ``decode``; the weight is that decode at the stored positions;
 * ``float32``: the values themselves, 32 bits each (what cannot be coded compactly).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,33 +39,42 @@ class Fitted:
     streams: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
     tables: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    zero_entries: bool = True  # False: cannot hold a stored 0 (use only where none is stored)
 
 
 @dataclass(frozen=True)
 class ValueModel:
-    """``fit(v, r, n_rows, hint) -> Fitted | None`` and ``decode(fitted, r) -> v``."""
+    """``fit(v, pos, shape, hint) -> Fitted | None`` and ``decode(fitted, pos, shape) -> v``."""
 
     fit: Callable[..., Fitted | None]
-    decode: Callable[[Fitted, np.ndarray], np.ndarray]
+    decode: Callable[[Fitted, np.ndarray, tuple[int, ...]], np.ndarray]
+
+
+def rows_of(pos: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """Row of each flat position in the ``(S[0], n / S[0])`` matrix view, and the row count."""
+    if len(shape) < 2:
+        return np.zeros_like(pos), 1
+    return pos // max(math.prod(shape[1:]), 1), int(shape[0])
 
 
 VALUE_MODELS: Registry[ValueModel] = Registry("value model")
 
 
-def _fit_codebook(v: np.ndarray, r: np.ndarray, n_rows: int, hint: dict | None) -> Fitted | None:
+def _fit_codebook(v: np.ndarray, pos: np.ndarray, shape, hint: dict | None) -> Fitted | None:
     table, codes = np.unique(v, return_inverse=True)
     if table.size > MAX_ALPHABET:
         return None
     return Fitted("codebook", {"codes": (codes.reshape(-1), max(table.size, 1))}, {"table": table})
 
 
-def _decode_codebook(f: Fitted, r: np.ndarray) -> np.ndarray:
+def _decode_codebook(f: Fitted, pos: np.ndarray, shape) -> np.ndarray:
     codes, table = f.streams["codes"][0], f.tables["table"]
     _check_codes(codes, table.size)
     return table[codes]
 
 
-def _fit_rows(v: np.ndarray, r: np.ndarray, n_rows: int, hint: dict | None) -> Fitted | None:
+def _fit_rows(v: np.ndarray, pos: np.ndarray, shape, hint: dict | None) -> Fitted | None:
+    r, n_rows = rows_of(pos, shape)
     order = np.lexsort((v, r))
     rs, vs = r[order], v[order]
     new = np.ones(vs.size, dtype=bool)
@@ -78,7 +91,8 @@ def _fit_rows(v: np.ndarray, r: np.ndarray, n_rows: int, hint: dict | None) -> F
     return Fitted("rows", streams, {"table": vs[new]})
 
 
-def _decode_rows(f: Fitted, r: np.ndarray) -> np.ndarray:
+def _decode_rows(f: Fitted, pos: np.ndarray, shape) -> np.ndarray:
+    r, _ = rows_of(pos, shape)
     codes, counts, table = f.streams["codes"][0], f.streams["counts"][0], f.tables["table"]
     if counts.sum() != table.size or (r.size and r.max() >= counts.size):
         raise ValueError("the per-row counts do not match the table")
@@ -87,9 +101,10 @@ def _decode_rows(f: Fitted, r: np.ndarray) -> np.ndarray:
     return table[starts[r] + codes]
 
 
-def _fit_affine(v: np.ndarray, r: np.ndarray, n_rows: int, hint: dict | None) -> Fitted | None:
+def _fit_affine(v: np.ndarray, pos: np.ndarray, shape, hint: dict | None) -> Fitted | None:
     if not hint or "scale" not in hint:
         return None
+    r, n_rows = rows_of(pos, shape)
     scale = np.asarray(hint["scale"], dtype=np.float32).reshape(-1)
     zero = np.asarray(hint["zero_point"], dtype=np.float32).reshape(-1)
     if scale.size not in (1, n_rows):
@@ -104,7 +119,8 @@ def _fit_affine(v: np.ndarray, r: np.ndarray, n_rows: int, hint: dict | None) ->
     return Fitted("affine", {"codes": (codes, levels)}, {"scale": scale, "zero": zero}, meta)
 
 
-def _decode_affine(f: Fitted, r: np.ndarray) -> np.ndarray:
+def _decode_affine(f: Fitted, pos: np.ndarray, shape) -> np.ndarray:
+    r, _ = rows_of(pos, shape)
     codes, scale, zero = f.streams["codes"][0], f.tables["scale"], f.tables["zero"]
     rr = r if f.meta["per_channel"] else np.zeros_like(r)
     if rr.size and rr.max() >= scale.size:
@@ -113,12 +129,39 @@ def _decode_affine(f: Fitted, r: np.ndarray) -> np.ndarray:
     return (q - zero[rr]) * scale[rr]
 
 
-def _fit_float(v: np.ndarray, r: np.ndarray, n_rows: int, hint: dict | None) -> Fitted:
+def _fit_float(v: np.ndarray, pos: np.ndarray, shape, hint: dict | None) -> Fitted:
     return Fitted("float32", tables={"values": v.astype(np.float32)})
 
 
-def _decode_float(f: Fitted, r: np.ndarray) -> np.ndarray:
+def _decode_float(f: Fitted, pos: np.ndarray, shape) -> np.ndarray:
     return f.tables["values"]
+
+
+def _fit_vector(v: np.ndarray, pos: np.ndarray, shape, hint: dict | None) -> Fitted | None:
+    if not hint or "vector" not in hint:
+        return None
+    h = hint["vector"]
+    books, indices = np.asarray(h["codebooks"], np.float32), np.asarray(h["indices"], np.int64)
+    meta = {"kind": h["kind"], "config": h["config"], "books": list(books.shape)}
+    meta["indices"] = list(indices.shape)
+    streams = {"indices": (indices.reshape(-1), int(books.shape[1]))}
+    return Fitted("vector", streams, {"codebooks": books.reshape(-1)}, meta, zero_entries=False)
+
+
+def _decode_vector(f: Fitted, pos: np.ndarray, shape) -> np.ndarray:
+    import torch
+
+    from ..state import PARAMETRIZATIONS, import_plugins
+
+    import_plugins()
+    cls = PARAMETRIZATIONS.get(f.meta["kind"])
+    p = cls.from_config(f.meta["config"], torch.zeros(shape))
+    with torch.no_grad():
+        p.codebooks.copy_(torch.tensor(f.tables["codebooks"].reshape(f.meta["books"])))
+        indices = f.streams["indices"][0].reshape(f.meta["indices"])
+        p.indices.copy_(torch.from_numpy(indices.astype(np.int16)))
+        full = p.decode().reshape(-1).numpy()
+    return full[pos]
 
 
 def _check_codes(codes: np.ndarray, bound) -> None:
@@ -135,19 +178,23 @@ VALUE_MODELS.register("rows", "distinct values per row + local indices")(
 VALUE_MODELS.register("affine", "integer codes with per-channel scale and zero point")(
     ValueModel(_fit_affine, _decode_affine)
 )
+VALUE_MODELS.register("vector", "a vector quantizer's indices and codebooks (product, residual)")(
+    ValueModel(_fit_vector, _decode_vector)
+)
 VALUE_MODELS.register("float32", "the values themselves, 32 bits each")(
     ValueModel(_fit_float, _decode_float)
 )
 
 
-def fit_all(v: np.ndarray, r: np.ndarray, n_rows: int, hint: dict | None) -> list[Fitted]:
+def fit_all(v: np.ndarray, pos: np.ndarray, shape, hint: dict | None) -> list[Fitted]:
     """Every model whose encoding decodes back to ``v`` exactly (float32 always does)."""
     out = []
     for name in VALUE_MODELS.names():
         model = VALUE_MODELS.get(name)
-        fitted = model.fit(v, r, n_rows, hint)
-        if fitted is not None and np.array_equal(
-            model.decode(fitted, r).view(np.uint32), v.view(np.uint32)
-        ):
+        fitted = model.fit(v, pos, tuple(shape), hint)
+        if fitted is None:
+            continue
+        back = np.asarray(model.decode(fitted, pos, tuple(shape)), dtype=np.float32)
+        if back.shape == v.shape and np.array_equal(back.view(np.uint32), v.view(np.uint32)):
             out.append(fitted)
     return out

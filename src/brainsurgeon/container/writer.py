@@ -136,16 +136,21 @@ def _inventory(model: nn.Module) -> tuple[dict[str, dict], dict[str, str], set[s
             if not t.bias or chain:
                 weights.add(key)
             for p in chain:
-                hint = affine_hint(p)
-                if hint:
-                    hints[key] = hint
+                hints[key] = {**hints.get(key, {}), **quantizer_hint(p)}
     return hints, kinds, weights
 
 
-def affine_hint(p: nn.Module) -> dict[str, Any] | None:
-    """Scale, zero point and code range of a uniform (or GPTQ) quantizer, else None."""
-    if getattr(p, "kind", "") != "uniform":
-        return None
+def quantizer_hint(p: nn.Module) -> dict[str, Any]:
+    """What a value model needs from the quantizer ``p``: the scale, zero point and code
+    range of a uniform (or GPTQ) grid, or a vector quantizer's codebooks and indices."""
+    kind = getattr(p, "kind", "")
+    if kind in ("product", "residual"):
+        vector = {"kind": kind, "config": p.config()}
+        vector["codebooks"] = p.codebooks.detach().cpu().numpy()
+        vector["indices"] = p.indices.detach().cpu().numpy()
+        return {"vector": vector}
+    if kind != "uniform":
+        return {}
     from ..quantization.methods.uniform import code_range
 
     qmin, _ = code_range(p.bits, p.symmetric)
