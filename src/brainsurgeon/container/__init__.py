@@ -6,10 +6,14 @@
 
 from .format import FORMAT_VERSION, CompressedFileError
 from .reader import Loaded, is_compressed_file, read
-from .writer import ExportResult, export
+from .table import ByteTable, byte_table
+from .writer import ExportResult, encode, export
 
 __all__ = [
     "FORMAT_VERSION",
+    "ByteTable",
+    "byte_table",
+    "encode",
     "CompressedFileError",
     "ExportResult",
     "Loaded",

@@ -12,6 +12,7 @@ from torch import nn
 from .. import state
 from ..errors import BrainsurgeonError
 from .format import MAGIC, CompressedFileError, Container, is_container, section, unpack
+from .table import ByteTable, byte_table
 from .tensors import decode_tensor
 from .writer import FORMAT
 
@@ -24,6 +25,11 @@ class Loaded:
     header: dict[str, Any]
     container: Container
     file_bytes: int
+    path: Path | None = None
+
+    def table(self) -> ByteTable:
+        """The file's byte table (per tensor and stream)."""
+        return byte_table(self.container, self.file_bytes, self.path)
 
 
 def is_compressed_file(path: str | os.PathLike) -> bool:
@@ -59,7 +65,7 @@ def read(path: str | os.PathLike) -> Loaded:
                 f"{err}); re-export the file"
             ) from None
     _load_weights(model, tensors, path)
-    return Loaded(model.eval(), header, container, len(data))
+    return Loaded(model.eval(), header, container, len(data), path)
 
 
 class _Sections(dict):

@@ -42,11 +42,10 @@ AUTO_WIDTHS = range(2, 11)
 
 @dataclass
 class Encoded:
-    """A tensor's JSON ``record``, its binary ``sections`` and its byte ``row`` for the table."""
+    """A tensor's JSON ``record`` and its binary ``sections`` (named ``tensor/part``)."""
 
     record: dict[str, Any]
     sections: dict[str, bytes] = field(default_factory=dict)
-    row: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -162,30 +161,28 @@ def encode_weight(
     }
     out = Encoded(record)
     if entries.fmt == "bitmask":
-        _raw(out, "mask", mask_pack(nonzero), "positions")
+        _raw(out, "mask", mask_pack(nonzero))
     for sname, (symbols, alphabet) in entries.streams.items():
-        _stream(out, sname, symbols, alphabet, codecs, "positions")
+        _stream(out, sname, symbols, alphabet, codecs)
     for sname, (symbols, alphabet) in fitted.streams.items():
         if sname == "codes":
             symbols, alphabet = entry_codes(symbols, alphabet, entries.zero)
-        _stream(out, sname, symbols, alphabet, codecs, "codes" if sname == "codes" else "table")
+        _stream(out, sname, symbols, alphabet, codecs)
     tables = dict(fitted.tables)
     if fitted.model == "float32":  # zeros at entries are stored as values too
         tables["values"] = flat[entries.pos]
     for tname, array in tables.items():
-        column = "codes" if tname == "values" else "table"  # float32 weights are the values
-        _raw(out, tname, np.ascontiguousarray(array, dtype=np.float32).tobytes(), column)
+        _raw(out, tname, np.ascontiguousarray(array, dtype=np.float32).tobytes())
         record["tables"][tname] = {"section": f"{name}/{tname}", "count": int(array.size)}
-    out.row = {"params": int(flat.size), "nonzeros": int(nz.size), **out.row}
+    record["nonzeros"] = int(nz.size)
     return out
 
 
-def _raw(out: Encoded, part: str, data: bytes, column: str) -> None:
+def _raw(out: Encoded, part: str, data: bytes) -> None:
     out.sections[f"{out.record['name']}/{part}"] = data
-    out.row[column] = out.row.get(column, 0) + len(data)
 
 
-def _stream(out, sname, symbols, alphabet, codecs, column) -> None:
+def _stream(out, sname, symbols, alphabet, codecs) -> None:
     allowed = DEFAULT_CODECS if codecs is None else tuple(codecs)
     s = encode_stream(np.asarray(symbols, dtype=np.int64), int(alphabet), codecs=allowed)
     section = f"{out.record['name']}/{sname}"
@@ -197,8 +194,6 @@ def _stream(out, sname, symbols, alphabet, codecs, column) -> None:
         "meta": s.meta,
     }
     out.sections[section] = s.payload
-    out.row[column] = out.row.get(column, 0) + len(s.payload)
-    out.row.setdefault("codecs", {})[sname] = s.codec
 
 
 def encode_raw(name: str, tensor: torch.Tensor) -> Encoded:
@@ -207,7 +202,7 @@ def encode_raw(name: str, tensor: torch.Tensor) -> Encoded:
     data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
     record = {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
     record.update(encoding="raw", section=f"{name}/raw")
-    return Encoded(record, {f"{name}/raw": data}, {"params": t.numel(), "other": len(data)})
+    return Encoded(record, {f"{name}/raw": data})
 
 
 def decode_tensor(record: dict[str, Any], sections: dict[str, bytes]) -> torch.Tensor:

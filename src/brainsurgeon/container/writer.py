@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,40 +21,16 @@ from .._io import write_bytes
 from ..errors import ConfigError, RunDirError
 from ..models.adapters import compressible_layers, layer_kind, layouts
 from ..utils import environment
-from .format import FRAMING_BYTES, pack, unpack
-from .tensors import AUTO_WIDTHS, Encoded, encode_raw, encode_weight
+from .format import pack, unpack
+from .table import ByteTable, byte_table
+from .tensors import AUTO_WIDTHS, encode_raw, encode_weight
 
 FORMAT = "brainsurgeon-compressed"
-COLUMNS = ("positions", "codes", "table", "other")
+_TABLE_FIELDS = ("file_bytes", "fp32_bytes", "rows", "header_bytes")
 _NOT_RUN = ("parametrizations", "format", "format_version", "model", "edits", "versions", "baked")
 
 
-@dataclass(frozen=True)
-class ExportResult:
-    """What was written: ``path``, ``file_bytes`` (on disk), ``fp32_bytes`` (4 bytes a
-    parameter), per-tensor ``rows`` and the ``header_bytes`` and framing they add up with."""
-
-    path: Path
-    file_bytes: int
-    fp32_bytes: int
-    rows: list[dict[str, Any]]
-    header_bytes: int
-    framing_bytes: int = FRAMING_BYTES
-
-    @property
-    def ratio(self) -> float:
-        return self.fp32_bytes / max(self.file_bytes, 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "file_bytes": self.file_bytes,
-            "fp32_bytes": self.fp32_bytes,
-            "ratio": self.ratio,
-            "header_bytes": self.header_bytes,
-            "framing_bytes": self.framing_bytes,
-            "rows": self.rows,
-        }
+ExportResult = ByteTable  # what export returns: the written file's byte table
 
 
 def check_index_bits(index_bits: int | str | None) -> int | str | None:
@@ -83,7 +58,7 @@ def export(
     metrics: dict[str, Any] | None = None,
     index_bits: int | str | None = None,
     codecs: tuple[str, ...] | None = None,
-) -> ExportResult:
+) -> ByteTable:
     """Write ``model`` to ``path`` atomically; returns the byte table.
 
     ``config``: the run's fields to keep (data, normalization, history, ...); ``index_bits``:
@@ -91,6 +66,22 @@ def export(
     ``codecs``: allowed stream codecs (default all: raw, Huffman, the entropy coder).
     ``model`` may be a run directory: its config and metrics are kept in the file.
     """
+    data, table = encode(
+        model, config=config, metrics=metrics, index_bits=index_bits, codecs=codecs
+    )
+    write_bytes(path, data)
+    return ByteTable(Path(path), *[getattr(table, f) for f in _TABLE_FIELDS])
+
+
+def encode(
+    model: nn.Module | str | os.PathLike,
+    *,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    index_bits: int | str | None = None,
+    codecs: tuple[str, ...] | None = None,
+) -> tuple[bytes, ByteTable]:
+    """The file's bytes and byte table, without writing (options as :func:`export`)."""
     if not isinstance(model, nn.Module):
         from ..runs import load_run
 
@@ -115,14 +106,13 @@ def export(
         else encode_raw(k, v)
         for k, v in baked.state_dict().items()
     ]
+    for e in encoded:
+        e.record["kind"] = kinds.get(e.record["name"], "other")
     header = _header(spec, model, config, metrics, [e.record for e in encoded])
+    header["parameters"] = sum(p.numel() for p in baked.parameters())
     sections = {name: data for e in encoded for name, data in e.sections.items()}
     data = pack(header, sections)
-    write_bytes(path, data)
-    rows = [_row(e, kinds) for e in encoded]
-    params = sum(p.numel() for p in baked.parameters())
-    head = unpack(data).header_bytes
-    return ExportResult(Path(path), len(data), 4 * params, rows, head)
+    return data, byte_table(unpack(data), len(data))
 
 
 def _inventory(model: nn.Module) -> tuple[dict[str, dict], dict[str, str], set[str]]:
@@ -173,23 +163,3 @@ def _header(spec, model, config, metrics, records) -> dict[str, Any]:
         "versions": environment(),
         "tensors": records,
     }
-
-
-def _row(e: Encoded, kinds: dict[str, str]) -> dict[str, Any]:
-    name = e.record["name"]
-    layer, _, tensor = name.rpartition(".")
-    row = {"tensor": name, "layer": layer, "kind": kinds.get(name, "other")}
-    row.update({c: e.row.get(c, 0) for c in COLUMNS})
-    row["params"], row["nonzeros"] = e.row["params"], e.row.get("nonzeros", e.row["params"])
-    row["bytes"] = sum(row[c] for c in COLUMNS)
-    if e.record["encoding"] == "weight":
-        pos, values = e.record["positions"], e.record["values"]
-        row["format"] = pos["format"] + (f"{pos['width']}" if pos["width"] else "")
-        row["values"] = values["model"]
-        row["codecs"] = e.row.get("codecs", {})
-        nnz = max(row["nonzeros"], 1)
-        row["bits_per_weight"] = 8 * (row["codes"] + row["table"]) / nnz
-        row["bits_per_index"] = 8 * row["positions"] / nnz
-    else:
-        row["format"], row["values"] = "raw", e.record["dtype"]
-    return row
