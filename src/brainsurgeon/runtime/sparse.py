@@ -60,13 +60,14 @@ class SparseLinear(nn.Module):
         """The CSR form of ``linear.weight`` (exact zeros dropped) and a copy of its bias."""
         weight = linear.weight.detach()
         if weight.dim() != 2:
-            raise TypeError(f"from_dense needs a 2-D Linear weight, got shape {tuple(weight.shape)}")
+            raise TypeError(f"from_dense needs a 2-D weight, got shape {tuple(weight.shape)}")
         csr = _quiet(lambda: weight.to_sparse_csr())
-        index = torch.int32 if max(csr.values().numel(), weight.shape[1]) <= _INT32_MAX else None
+        small = max(csr.values().numel(), weight.shape[1]) <= _INT32_MAX
+        index = torch.int32 if small else torch.int64
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(
-            csr.crow_indices().to(index or torch.int64),
-            csr.col_indices().to(index or torch.int64),
+            csr.crow_indices().to(index),
+            csr.col_indices().to(index),
             csr.values().clone(),
             tuple(weight.shape),
             bias,
