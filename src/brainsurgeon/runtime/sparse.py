@@ -18,18 +18,26 @@ breaks even only at ~90% (batch 1) and wins from ~80% at batch 64; on layers of 
 GEMV, so sparse is slower there at any sparsity. COO and BSR (4x4 blocks) were slower than
 dense everywhere measured and are not used.
 
-Inference only: no gradients flow through ``forward`` (it runs under ``torch.no_grad``).
+Inference only: no gradients flow through ``forward`` (it reads ``x.detach()``).
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 _INT32_MAX = 2**31 - 1
+
+
+class _Views(NamedTuple):
+    """What the kernels read, all sharing memory with the buffers."""
+
+    csr: torch.Tensor  # torch sparse CSR (out, in)
+    scipy: Any  # scipy.sparse.csr_matrix (out, in), or None off CPU / for other dtypes
+    bias: Any  # numpy view of the bias for the scipy path, or None
 
 
 class SparseLinear(nn.Module):
@@ -53,7 +61,7 @@ class SparseLinear(nn.Module):
         self.register_buffer("col_indices", col_indices)
         self.register_buffer("values", values)
         self.register_buffer("bias", bias)
-        self._views: tuple[torch.Tensor, Any] | None = None
+        self._views: _Views | None = None
 
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> SparseLinear:
@@ -92,25 +100,20 @@ class SparseLinear(nn.Module):
         return self._csr().to_dense()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1:] != (self.in_features,):
-            raise ValueError(
-                f"SparseLinear expects inputs of shape (*, {self.in_features}), "
-                f"got {tuple(x.shape)}"
-            )
-        if x.dtype != self.values.dtype:
-            raise TypeError(
-                f"SparseLinear holds {self.values.dtype} weights but got a {x.dtype} input; "
-                f"cast the input (x.to({self.values.dtype})) or the layer (layer.to(x.dtype))"
-            )
-        with torch.no_grad():
-            rows = x.reshape(-1, self.in_features)
-            if rows.shape[0] == 1 and self._scipy() is not None:
-                y = self._matvec(rows[0]).unsqueeze(0)
-            else:
-                y = torch.sparse.mm(self._csr(), rows.t()).t().contiguous()
-            if self.bias is not None:
-                y += self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)
+        views = self._views if self._views is not None else self._cached()
+        if x.shape[-1] != self.in_features or x.dtype != views.csr.dtype:
+            self._reject(x)
+        x = x.detach()  # inference only; also lets numpy read it
+        if views.scipy is not None and x.numel() == self.in_features:
+            y = views.scipy @ x.numpy().reshape(-1)  # scipy CSR mat-vec, (out,)
+            if views.bias is not None:
+                y += views.bias
+            return torch.from_numpy(y).view(*x.shape[:-1], self.out_features)
+        rows = x.reshape(-1, self.in_features)
+        y = torch.sparse.mm(views.csr, rows.t()).t().contiguous()  # (N, out)
+        if self.bias is not None:
+            y += self.bias
+        return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (
@@ -118,25 +121,34 @@ class SparseLinear(nn.Module):
             f"bias={self.bias is not None}, nnz={self.nnz}, density={self.density:.4f}"
         )
 
-    def _matvec(self, row: torch.Tensor) -> torch.Tensor:
-        """``W @ row`` by scipy's CSR mat-vec: (in,) -> (out,), float32 in, float32 out."""
-        return torch.from_numpy(self._scipy() @ row.detach().numpy())
+    def _reject(self, x: torch.Tensor) -> None:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"SparseLinear expects inputs of shape (*, {self.in_features}), "
+                f"got {tuple(x.shape)}"
+            )
+        raise TypeError(
+            f"SparseLinear holds {self.values.dtype} weights but got a {x.dtype} input; "
+            f"cast the input (x.to({self.values.dtype})) or the layer (layer.to(x.dtype))"
+        )
 
     def _csr(self) -> torch.Tensor:
-        return self._cached()[0]
+        return self._cached().csr
 
     def _scipy(self) -> Any:
-        return self._cached()[1]
+        return self._cached().scipy
 
-    def _cached(self) -> tuple[torch.Tensor, Any]:
-        """Torch CSR tensor and scipy matrix viewing the buffers, built once (cleared by
-        ``.to()``/``.half()``/...: see ``_apply``)."""
+    def _cached(self) -> _Views:
+        """Kernel views of the buffers, built once (dropped by ``.to()``/``.half()``/...:
+        see ``_apply``; in-place copies such as ``load_state_dict`` keep them valid)."""
         if self._views is None:
             shape = (self.out_features, self.in_features)
             parts = (self.crow_indices, self.col_indices, self.values)
             csr = _quiet(lambda: torch.sparse_csr_tensor(*parts, shape, check_invariants=False))
-            scipy_ok = self.values.is_cpu and self.values.dtype in (torch.float32, torch.float64)
-            self._views = (csr, _scipy_view(*parts, shape) if scipy_ok else None)
+            numpy_ok = self.values.is_cpu and self.values.dtype in (torch.float32, torch.float64)
+            scipy = _scipy_view(*parts, shape) if numpy_ok else None
+            bias = self.bias.numpy() if numpy_ok and self.bias is not None else None
+            self._views = _Views(csr, scipy, bias)
         return self._views
 
     def _apply(self, fn: Any, recurse: bool = True) -> SparseLinear:
