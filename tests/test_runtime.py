@@ -5,7 +5,10 @@ model's, nothing left parametrized, the original untouched); SparseLinear equals
 from __future__ import annotations
 
 import copy
+import importlib.util
 import pickle
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -220,3 +223,34 @@ def test_int8_runtime_wraps_dynamic_quantization():
     assert all(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in out[::2])
     x = torch.randn(4, 20)
     assert (out(x) - model(x)).abs().max() < 0.5
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = Path(__file__).parents[1] / "benchmarks" / "sparse_runtime.py"
+    spec = importlib.util.spec_from_file_location("bench_sparse_runtime", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_kernels_all_compute_the_layer(bench):
+    layer = bench.masked_linear(16, 24, 0.9)
+    assert weight_sparsity(layer.weight) >= 0.9
+    for batch in (1, 5):
+        x = torch.randn(batch, 24)
+        for name, fn in bench.kernels(layer).items():
+            torch.testing.assert_close(fn(x), layer(x).detach(), msg=name)
+
+
+def test_benchmark_crossover_is_where_sparse_wins_from_then_on(bench):
+    def rows(speedups):
+        return [
+            {"layer": "L", "sparsity": s, "batch": b, "speedup": v}
+            for s, v in speedups.items()
+            for b in bench.BATCHES
+        ]
+
+    assert bench.crossover(rows({0.5: 0.4, 0.7: 1.1, 0.8: 0.9, 0.9: 2.0}))["L"]["batch_1"] == 0.9
+    assert bench.crossover(rows({0.5: 0.4, 0.9: 0.9}))["L"]["batch_64"] is None
