@@ -9,14 +9,22 @@ the same buffers (no copy):
 * one row (batch 1) on CPU: scipy's CSR mat-vec on zero-copy numpy views;
 * more rows, or a GPU: ``torch.sparse.mm`` (MKL on CPU) on an int32 CSR tensor.
 
-Measured on this project's shared 2-core x86 machine, one thread
-(``benchmarks/sparse_runtime.py``, ``benchmarks/results/sparse_runtime.json``): on a
-4096x4096 layer sparse beats dense from ~80% sparsity at batch 1 (2.6x at 90%, mat-vec is
-memory-bound) and from ~70% at batch 64 (3.8x at 90%); on LeNet-300-100's 784x300 layer it
-breaks even only at ~90% (batch 1) and wins from ~80% at batch 64; on layers of ~30k weights
-(300x100, 100x10) at batch 1 the per-call overhead (a few microseconds) exceeds the dense
-GEMV, so sparse is slower there at any sparsity. COO and BSR (4x4 blocks) were slower than
-dense everywhere measured and are not used.
+When it pays, measured on this project's shared 2-core x86 machine with one torch thread
+(``benchmarks/sparse_runtime.py`` -> ``benchmarks/results/sparse_runtime.json``; speedup =
+dense ``nn.Linear`` / ``SparseLinear``):
+
+* 4096 x 4096: wins from ~0.8 sparsity at batch 1 (2.4x at 0.9, 8.6x at 0.98) and from ~0.6
+  at batch 64 (3.5x at 0.9, 11x at 0.98);
+* 784 -> 300 (LeNet-300-100's first layer): breaks even at 0.9 and wins from ~0.95 at batch
+  1 (1.5x); wins from ~0.8 at batch 64 (1.7x at 0.9);
+* 300 -> 100: never at batch 1 (0.8x at 0.98); only at ~0.98 at batch 64, at noise level.
+
+Large layers are memory-bound at batch 1, so fewer bytes is faster; on layers of ~30k
+weights the fixed per-call cost (~10 us of Python and dispatch) exceeds the dense GEMV.
+Candidates that never beat CSR: COO ``sparse.mm`` (10-20x slower) and BSR 4x4
+(unstructured zeros fill the blocks; slower than dense); int64-index CSR is ~20% slower than
+int32, and scipy at more than one row is 2-3x slower than torch's CSR. Memory is
+below dense once density < ~0.5 (at 90% sparsity: ~20% of dense).
 
 Inference only: no gradients flow through ``forward`` (it reads ``x.detach()``).
 """
@@ -108,7 +116,7 @@ class SparseLinear(nn.Module):
             y = views.scipy @ x.numpy().reshape(-1)  # scipy CSR mat-vec, (out,)
             if views.bias is not None:
                 y += views.bias
-            return torch.from_numpy(y).view(*x.shape[:-1], self.out_features)
+            return torch.from_numpy(y.reshape((*x.shape[:-1], self.out_features)))
         rows = x.reshape(-1, self.in_features)
         y = torch.sparse.mm(views.csr, rows.t()).t().contiguous()  # (N, out)
         if self.bias is not None:
