@@ -36,7 +36,7 @@ from torch.utils import benchmark
 import brainsurgeon as bs
 from brainsurgeon._io import write_json
 from brainsurgeon.pruning.masks import set_mask
-from brainsurgeon.runtime import SparseLinear, to_inference, weight_sparsity
+from brainsurgeon.runtime import DEFAULT_MIN_SPARSITY, SparseLinear, to_inference, weight_sparsity
 from brainsurgeon.utils import environment, seed_everything
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -179,6 +179,19 @@ def crossover(rows: list[dict]) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def model_summary(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per model and batch: baking speedup (as loaded / dense) and sparse speedup."""
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        ms, size = r["ms"], r["weight_bytes"]
+        out[f"{r['model']} batch {r['batch']}"] = {
+            "baked_vs_parametrized": round(ms["parametrized"] / ms["dense"], 2),
+            "sparse_vs_dense": round(ms["dense"] / ms["sparse"], 2),
+            "sparse_bytes_ratio": round(size["sparse"] / size["dense"], 3),
+        }
+    return out
+
+
 def lenet(run: float) -> tuple[list[dict], list[dict]]:
     model = bs.build_model("lenet300", (1, 28, 28), 10)
     bs.prune(model, bs.PruneConfig(criterion="magnitude", amount=0.92), progress=False)
@@ -234,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             "rule": "smallest sparsity from which SparseLinear beats dense F.linear at all "
             "higher sparsities measured; None = never",
             "by_layer": crossover(sweep_rows),
+            "default_min_sparsity": DEFAULT_MIN_SPARSITY,
+            "models": model_summary(models),
         },
         "models": models,
         "kernels": layer_rows,
