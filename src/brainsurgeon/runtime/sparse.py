@@ -13,8 +13,8 @@ When it pays, measured on this project's shared 2-core x86 machine with one torc
 (``benchmarks/sparse_runtime.py`` -> ``benchmarks/results/sparse_runtime.json``; speedup =
 dense ``nn.Linear`` / ``SparseLinear``):
 
-* 4096 x 4096: wins from ~0.8 sparsity at batch 1 (2.4x at 0.9, 8.6x at 0.98) and from ~0.6
-  at batch 64 (3.5x at 0.9, 11x at 0.98);
+* 4096 x 4096: wins from ~0.8 sparsity at batch 1 (~2.5x at 0.9, ~10x at 0.98) and from
+  ~0.6 at batch 64 (~3.6x at 0.9, 11-18x at 0.98);
 * 784 -> 300 (LeNet-300-100's first layer): breaks even at 0.9 and wins from ~0.95 at batch
   1 (1.5x); wins from ~0.8 at batch 64 (1.7x at 0.9);
 * 300 -> 100: never at batch 1 (0.8x at 0.98); only at ~0.98 at batch 64, at noise level.
