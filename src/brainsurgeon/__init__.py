@@ -56,6 +56,7 @@ _API = {
     "DistillConfig": "brainsurgeon.distillation",
     "factorize": "brainsurgeon.factorization",
     "FactorizeConfig": "brainsurgeon.factorization",
+    "to_inference": "brainsurgeon.runtime",
 }
 
 _MODULES = (
@@ -68,6 +69,7 @@ _MODULES = (
     "curvature",
     "pipeline",
     "recipes",
+    "runtime",
 )
 
 __all__ = sorted([*_API, "__version__", "data", "metrics", "pipeline"])
