@@ -93,8 +93,13 @@ def test_plots_are_written_and_not_empty(tmp_path):
 def test_report_is_self_contained_with_tables_and_accuracy(pruned_run):
     page = build_report(pruned_run, latency=False)
     assert not re.search(r'(src|href)="(https?:|//)', page), "external reference in the report"
-    # 3 experiment plots + the run's own two (per-layer kept/bits, weight histograms)
-    assert page.count("<img ") == 5 and page.count("data:image/png;base64,") == 5
+    # 3 experiment plots + the run's own three (per-layer kept/bits, weight histograms,
+    # accuracy against file size)
+    assert page.count("<img ") == 6 and page.count("data:image/png;base64,") == 6
+    assert "accuracy against the compressed file" in page
+    assert "bytes as `brainsurgeon export` writes it" in page and "Parametrized" not in page
+    history = re.search(r'<table class="history">(.*?)</table>', page, re.S).group(1)
+    assert "<td>prune</td>" in history
     assert 'alt="per-layer kept weights and bits"' in page
     assert 'alt="nonzero weight histograms"' in page
     layers = re.search(r'<table class="layers">(.*?)</table>', page, re.S).group(1)
@@ -161,8 +166,8 @@ def test_report_renders_in_chromium(pruned_run, tmp_path):
     report = write_report(pruned_run, tmp_path / "report.html", latency=False)
     url = report.resolve().as_uri()
     dom = chromium("--dump-dom", url, profile=tmp_path / "p1").stdout
-    assert dom.count('data-loaded="1"') == 5, "not every plot was decoded by the browser"
-    assert dom.count("<table") == 3 and "Per-layer table" in dom
+    assert dom.count('data-loaded="1"') == 6, "not every plot was decoded by the browser"
+    assert dom.count("<table") == 4 and "Per-layer table" in dom
     shot = screenshot(report, tmp_path / "shot.png", tmp_path / "p2")
     top, bottom = shot[: shot.shape[0] // 3], shot[shot.shape[0] // 3 :]
     assert color_pixels(top, HEADER, tol=3) > 2_000, "table headers not visible"

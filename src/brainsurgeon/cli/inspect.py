@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def inspect_payload(r, *, latency: bool, sram: str | None, example=None) -> dict[str, Any]:
     """The inspect payload of run ``r``; ``example``: an input for FLOPs (default: zeros of the
     recorded input shape, token ids for an embedding model)."""
+    from ..container.sizes import file_table, layer_bytes
     from ..metrics import example_input, inspect_model, measure_latency
 
     source = example if example is not None else tuple(r.config["model"]["input_shape"])
@@ -63,6 +64,8 @@ def inspect_payload(r, *, latency: bool, sram: str | None, example=None) -> dict
         payload["latency"] = measure_latency(r.model, source)
     if "test_accuracy" in r.metrics:
         payload["test_accuracy"] = r.metrics["test_accuracy"]
+    payload["file"] = file_table(r)
+    payload["file_layers"] = layer_bytes(payload["file"])
     return payload
 
 
@@ -82,56 +85,42 @@ def _energy(model, shape, sram):
 
 
 def render(payload: dict[str, Any]) -> str:
-    rows = [
-        [
-            r["name"],
-            "x".join(map(str, r["shape"])),
-            r["params"],
-            r["nonzeros"],
-            f"{100 * r['sparsity']:.1f}%",
-            f"{r['bits_per_weight']:.1f}",
-            r["stored_bytes"],
-            r["flops"],
-            r["nonzero_flops"],
-        ]
-        for r in payload["layers"]
-    ]
+    f, per_layer = payload["file"], payload["file_layers"]
+    rows = [_layer_row(r, per_layer.get(r["name"])) for r in payload["layers"]]
     t = payload["totals"]
-    rows.append(
-        [
-            "TOTAL",
-            "",
-            t["params"],
-            t["nonzeros"],
-            f"{100 * t['sparsity']:.1f}%",
-            f"{t['bits_per_weight']:.1f}",
-            t["stored_bytes"],
-            t["flops"],
-            t["nonzero_flops"],
-        ]
-    )
+    listed = sum(per_layer[r["name"]]["bytes"] for r in payload["layers"] if r["name"] in per_layer)
+    total = [t["params"], t["nonzeros"], f"{100 * t['sparsity']:.1f}%", listed, ""]
+    rows.append(["TOTAL", "", *total, t["flops"], t["nonzero_flops"]])
+    header = ["layer", "shape", "params", "nonzeros", "sparsity", "file B", "bits/w"]
+    other = f["file_bytes"] - listed - f["header_bytes"] - f["framing_bytes"]
     lines = [
         f"{payload['run']}  ({payload['model']})",
-        table(
-            rows,
-            [
-                "layer",
-                "shape",
-                "params",
-                "nonzeros",
-                "sparsity",
-                "bits/w",
-                "bytes",
-                "FLOPs",
-                "nz FLOPs",
-            ],
-        ),
-        f"compression vs dense fp32: {t['compression_ratio']:.2f}x "
-        f"({t['dense_bytes']:,} -> {t['stored_bytes']:,} bytes)",
+        table(rows, [*header, "FLOPs", "nz FLOPs"]),
+        f"compressed file: {f['where']} ({f['ratio']:.2f}x smaller than fp32, "
+        f"{f['fp32_bytes']:,} bytes): layers {listed:,} B, other tensors {other:,} B, "
+        f"header {f['header_bytes']:,} B, framing {f['framing_bytes']} B",
+        f"weights: {f['bits_per_weight']:.2f} bits per nonzero weight (codes + codebooks), "
+        f"{f['bits_per_index']:.2f} bits per index (dense positions code zeros as values)",
         *_sparsity_lines(payload),
     ]
     lines += _footer(payload)
     return "\n".join(lines)
+
+
+def _layer_row(r: dict[str, Any], in_file: dict[str, Any] | None) -> list[Any]:
+    """One layer: counts, its tensors' bytes in the file, bits per nonzero weight there."""
+    bits = None if in_file is None else in_file["bits_per_weight"]
+    return [
+        r["name"],
+        "x".join(map(str, r["shape"])),
+        r["params"],
+        r["nonzeros"],
+        f"{100 * r['sparsity']:.1f}%",
+        0 if in_file is None else in_file["bytes"],
+        "-" if bits is None else f"{bits:.2f}",
+        r["flops"],
+        r["nonzero_flops"],
+    ]
 
 
 def _footer(payload: dict[str, Any]) -> list[str]:
@@ -150,8 +139,8 @@ def _footer(payload: dict[str, Any]) -> list[str]:
         fits = e.get("fits_sram")
         fit_text = "" if fits is None else f"; fits SRAM budget: {'yes' if fits else 'no'}"
         lines.append(
-            f"energy estimate (45 nm): {e.get('total_nj', e.get('energy_nj', 0)):.3g} nJ "
-            f"per inference{fit_text}"
+            f"energy estimate (45 nm, Horowitz; an estimate, not a measurement): "
+            f"{e.get('total_nj', e.get('energy_nj', 0)):.3g} nJ per inference{fit_text}"
         )
     return lines
 

@@ -19,7 +19,7 @@ from typing import Any
 from .._io import write_text
 from ..errors import RunDirError
 from ..runs import CONFIG_FILE, Run, load_run
-from ..training import describe, headline
+from .sections import history_table, layer_table, overview, size_chart, table_html
 
 REPORT_FILE = "report.html"
 SUMMARY_FILES = ("summary.md", "findings.md")
@@ -150,8 +150,10 @@ def _experiment_run(folder: Path) -> Path | None:
 
 
 def _run_sections(run: Run, before: Run | None, *, sram, latency: bool) -> str:
+    from ..container.sizes import file_table, layer_bytes
     from ..metrics import example_input, measure_latency, summarize
     from ..metrics.energy import energy_report
+    from ..runtime import to_inference
     from ..training import evaluate
     from ..training.evaluation import recorded_loss
 
@@ -165,15 +167,34 @@ def _run_sections(run: Run, before: Run | None, *, sram, latency: bool) -> str:
     before = before if before is not None else _parent(run)
     has_prior = before is not None and data is not None
     prior = evaluate(before.model, data, loss=loss) if has_prior else None
-    lat = measure_latency(run.model, shape, min_run_time=0.1) if latency else None
+    lat = measure_latency(to_inference(run.model), shape, min_run_time=0.1) if latency else None
+    file = file_table(run)
+    per_layer = layer_bytes(file)
+    points = _size_points(run, before, file, after, prior)
     parts = [
-        _overview(run, summary["totals"], after, prior, lat, energy),
-        "<h2>Per-layer table</h2>" + _layer_table(summary),
+        overview(run, summary["totals"], file, after, prior, lat, energy),
+        "<h2>Per-layer table</h2>" + layer_table(summary, per_layer),
         "<h2>The model at a glance</h2>" + _model_plots(run.model, summary),
         "<h2>Energy estimate (Horowitz 45 nm)</h2>" + _energy_table(energy),
-        "<h2>History</h2>" + _history(run),
+        "<h2>History</h2>" + size_chart(points) + history_table(run),
     ]
     return "\n".join(parts)
+
+
+def _size_points(run, before, file, after, prior) -> list[tuple[str, int, float | None]]:
+    """(label, file bytes, accuracy): the run before, each recorded step, the run now."""
+    from ..container.sizes import file_table
+
+    points = []
+    if before is not None and prior is not None:
+        points.append(("before", file_table(before)["file_bytes"], prior.get("accuracy")))
+    for step in run.config.get("history", []):
+        recorded = isinstance(step, dict) and step.get("file_bytes")
+        if recorded and step.get("accuracy") is not None:
+            points.append((str(step.get("step", "?")), step["file_bytes"], step["accuracy"]))
+    if after is not None:
+        points.append(("now", file["file_bytes"], after.get("accuracy")))
+    return points
 
 
 def _model_plots(model, summary: dict[str, Any]) -> str:
@@ -208,106 +229,8 @@ def _parent(run: Run) -> Run | None:
     return None
 
 
-def _overview(run, totals, after, prior, lat, energy) -> str:
-    spec = run.config["model"]
-    rows = [
-        ("run", str(run.path)),
-        (
-            "model",
-            f"{spec['name']} on input {tuple(spec['input_shape'])}, {spec['num_classes']} classes",
-        ),
-        ("data", run.config.get("data", {}).get("name", "?")),
-        ("parameters", f"{totals['params']:,}"),
-        ("nonzeros", f"{totals['nonzeros']:,} ({100 * totals['sparsity']:.2f}% sparse)"),
-        (
-            "stored size",
-            f"{totals['stored_bytes']:,} B (dense fp32 {totals['dense_bytes']:,} B, "
-            f"{totals['compression_ratio']:.2f}x)",
-        ),
-        (
-            "encoded size (sparse format)",
-            f"{energy['encoded_bytes']:,} B ({energy['size_ratio']:.2f}x vs dense fp32)",
-        ),
-        ("FLOPs / sample", f"{totals['flops']:,} dense, {totals['nonzero_flops']:,} nonzero"),
-    ]
-    metric = headline(after or prior)[0] if (after or prior) else "accuracy"
-    if prior is not None:
-        rows.append((f"test {metric} before", _acc(prior)))
-    if after is not None:
-        rows.append((f"test {metric}" + (" after" if prior is not None else ""), _acc(after)))
-    if lat is not None:
-        rows.append(
-            (
-                "latency",
-                f"batch 1: {lat['batch_1_ms']:.3f} ms, batch 64: "
-                f"{lat['batch_64_ms']:.3f} ms ({lat['threads']} threads, "
-                f"{lat['device']})",
-            )
-        )
-    rows.append(
-        (
-            "energy / inference",
-            f"{energy['energy_nj']:.4g} nJ ({energy['energy_saving']:.2f}x less than dense fp32)",
-        )
-    )
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    return f'<h2>Model summary</h2><table class="summary">{body}</table>'
-
-
-def _acc(ev: dict[str, Any]) -> str:
-    if "accuracy" not in ev:  # regression or a custom loss
-        return f"{describe(ev)} ({ev['samples']} samples)"
-    return f"{100 * ev['accuracy']:.2f}% ({ev['errors']} errors of {ev['samples']})"
-
-
-def _layer_table(summary: dict[str, Any]) -> str:
-    header = [
-        "layer",
-        "kind",
-        "shape",
-        "params",
-        "nonzeros",
-        "sparsity",
-        "bits/weight",
-        "bytes",
-        "FLOPs",
-        "nonzero FLOPs",
-    ]
-    rows = [
-        [
-            r["name"],
-            r["kind"],
-            "x".join(map(str, r["shape"])),
-            f"{r['params']:,}",
-            f"{r['nonzeros']:,}",
-            f"{100 * r['sparsity']:.1f}%",
-            f"{r['bits_per_weight']:.2f}",
-            f"{r['stored_bytes']:,}",
-            f"{r['flops']:,}",
-            f"{r['nonzero_flops']:,}",
-        ]
-        for r in summary["layers"]
-    ]
-    t = summary["totals"]
-    rows.append(
-        [
-            "total",
-            "",
-            "",
-            f"{t['params']:,}",
-            f"{t['nonzeros']:,}",
-            f"{100 * t['sparsity']:.1f}%",
-            f"{t['bits_per_weight']:.2f}",
-            f"{t['stored_bytes']:,}",
-            f"{t['flops']:,}",
-            f"{t['nonzero_flops']:,}",
-        ]
-    )
-    return _table(header, rows, css="layers")
-
-
 def _energy_table(energy: dict[str, Any]) -> str:
-    header = ["layer", "MACs", "bits/weight", "format", "encoded bytes", "compute pJ"]
+    header = ["layer", "MACs", "bits/weight", "format", "bytes read (model)", "compute pJ"]
     rows = [
         [
             r["name"],
@@ -328,15 +251,7 @@ def _energy_table(energy: dict[str, Any]) -> str:
         f"{'yes' if s['fits'] else 'no'}; if in SRAM: {t['energy_pj_if_sram']:.4g} pJ). "
         f"Dense fp32: {energy['dense_fp32']['energy_pj']:.4g} pJ.</p>"
     )
-    return _table(header, rows, css="energy") + note
-
-
-def _history(run: Run) -> str:
-    steps = run.config.get("history", [])
-    if not steps:
-        return '<p class="muted">no history recorded</p>'
-    text = json.dumps(steps, indent=1, default=str)
-    return f"<pre>{html.escape(text)}</pre>"
+    return table_html(header, rows, css="energy") + note
 
 
 def _summaries(folder: Path) -> list[tuple[Path, str]]:
@@ -372,14 +287,6 @@ def _figure(path: Path, folder: Path) -> str:
         f'<figure><img alt="{caption}" src="data:image/png;base64,{data}" '
         f"onload=\"this.dataset.loaded='1'\"><figcaption>{caption}</figcaption></figure>"
     )
-
-
-def _table(header: list[str], rows: list[list[Any]], *, css: str) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _page(title: str, body: str) -> str:

@@ -195,3 +195,20 @@ def weight_histogram_png(weights: Mapping[str, np.ndarray], bins: int = 80) -> b
     ax.set_ylabel("count (log)")
     ax.legend(fontsize=7)
     return png_bytes(fig)
+
+
+def accuracy_size_png(points: Sequence[tuple[str, int, float]]) -> bytes:
+    """Accuracy (%) against file size (bytes, log scale), points in order and labelled."""
+    fig = _figure(6.4, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    sizes = [p[1] for p in points]
+    acc = [100 * p[2] for p in points]
+    ax.plot(sizes, acc, "-o", color="#3b6ea8")
+    for label, x, y in zip([p[0] for p in points], sizes, acc, strict=True):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("compressed file size (bytes, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return png_bytes(fig)
