@@ -106,7 +106,7 @@ def stages_table(result: dict) -> str:
     """One row per stage: accuracy (read back from the file) and the file's size on disk."""
     b, a = result["before"], result["after"]
     fp32 = b["fp32_bytes"]
-    rows = [["start", "", 100 * b["accuracy"], b["file_bytes"], fp32 / b["file_bytes"]]]
+    rows = [["start", "", 100 * b["accuracy"], b["file_bytes"], _times(fp32, b["file_bytes"])]]
     for i, step in enumerate(result["steps"]):
         acc, size = step.get("accuracy"), step.get("file_bytes")
         rows.append(
@@ -115,10 +115,14 @@ def stages_table(result: dict) -> str:
                 step.get("split", ""),
                 "-" if acc is None else 100 * acc,
                 "-" if size is None else size,
-                "-" if not size else fp32 / size,
+                _times(fp32, size),
             ]
         )
     rows.append(
         ["final (model.bsc)", "test", 100 * a["accuracy"], a["file_bytes"], fp32 / a["file_bytes"]]
     )
     return table(rows, ["stage", "split", "accuracy %", "file bytes", "x smaller than fp32"])
+
+
+def _times(fp32: int, size: int | None) -> str:
+    return "-" if not size else f"{fp32 / size:.1f}x"

@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "target",
         metavar="RUN_OR_DIR",
-        help="a run directory, or the --out of compare / study / sensitivity / run",
+        help="a run directory, a compressed .bsc file, or the --out of compare / study / "
+        "sensitivity / run",
     )
     p.add_argument(
         "--out", default=None, help="HTML file to write (default: RUN_OR_DIR/report.html)"
@@ -48,15 +49,19 @@ def run(args: argparse.Namespace) -> int:
     from ..reports import find_plots, write_report
 
     sram = parse_size(args.sram) if args.sram is not None else None
+    from ..container import is_compressed_file
+
     target = Path(args.target)
-    if not target.is_dir():
+    if not target.is_dir() and not is_compressed_file(target):
         raise RunDirError(
-            f"RUN_OR_DIR {target} is not an existing directory; pass a run "
-            "directory or the --out folder of compare / study / sensitivity / run"
+            f"RUN_OR_DIR {target} is not an existing directory or .bsc file; pass a run "
+            "directory, a compressed model file or the --out folder of compare / study / "
+            "sensitivity / run"
         )
     say(args, f"building the report for {target} ...")
     out = write_report(target, args.out, sram=sram, latency=not args.no_latency)
-    payload = {"report": str(out), "plots": len(find_plots(target)), "bytes": out.stat().st_size}
+    plots = len(find_plots(target)) if target.is_dir() else 0
+    payload = {"report": str(out), "plots": plots, "bytes": out.stat().st_size}
     emit(
         args,
         payload,

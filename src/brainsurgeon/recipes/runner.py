@@ -99,8 +99,9 @@ def _execute(r: Recipe, tmp: Path, out: Path, device, progress: bool, say) -> di
     after = _measure(model, data, tmp, options)
     history[-1]["parent"] = str(out / "start")
     final_cfg = {**base_cfg, "history": history, "compression": compression, "recipe": r.data}
+    written = _export_final(model, tmp, final_cfg, after, options)
+    after.update(file_bytes=written.file_bytes, file_ratio=written.ratio)
     runs.save(model, tmp / "final", config=final_cfg, metrics=after, files=files)
-    _export_final(model, tmp, final_cfg, after, options)
     report = _report(tmp, out, r) if r.data.get("report", True) else None
     return {
         "recipe": r.source,
@@ -118,11 +119,13 @@ def _execute(r: Recipe, tmp: Path, out: Path, device, progress: bool, say) -> di
     }
 
 
-def _export_final(model, tmp: Path, cfg: dict, metrics: dict, options: dict) -> None:
-    """OUT/model.bsc: the final model as one compressed file (what ``after`` measured)."""
+def _export_final(model, tmp: Path, cfg: dict, metrics: dict, options: dict):
+    """OUT/model.bsc: the final model as one compressed file (what ``after`` measured; the
+    metrics it carries leave out its own size)."""
     from ..container import export
 
-    export(model, tmp / FINAL_FILE, config=cfg, metrics=metrics, **options)
+    kept = {k: v for k, v in metrics.items() if not k.startswith("file_")}
+    return export(model, tmp / FINAL_FILE, config=cfg, metrics=kept, **options)
 
 
 def _save_start(model, data, tmp: Path, base_cfg, history, r: Recipe, files) -> dict[str, Any]:

@@ -47,20 +47,29 @@ def write_report(
     sram: int | str | None = None,
     latency: bool = True,
 ) -> Path:
-    """Build the report for a run directory or an experiment directory and write it.
+    """Build the report for a run directory, a compressed ``.bsc`` file or an experiment
+    directory and write it.
 
-    ``out`` defaults to ``<target>/report.html``. The file is written atomically.
+    ``out`` defaults to ``<target>/report.html`` (``<file>.html`` for a ``.bsc``). The file is
+    written atomically.
     """
+    from ..container import is_compressed_file
+
     target = Path(target)
     if not target.exists():
         raise RunDirError(
-            f"{target} does not exist; pass a run directory or a directory "
+            f"{target} does not exist; pass a run directory, a .bsc file or a directory "
             "written by compare / study / sensitivity / run"
         )
-    if not target.is_dir():
-        raise RunDirError(f"{target} is not a directory; pass a run or experiment directory")
-    page = build_report(target, sram=sram, latency=latency)
-    out = Path(out) if out is not None else target / REPORT_FILE
+    is_file = is_compressed_file(target)
+    if not target.is_dir() and not is_file:
+        raise RunDirError(
+            f"{target} is not a directory or a .bsc file; pass a run, a compressed model "
+            "file or an experiment directory"
+        )
+    page = build_report(load_run(target) if is_file else target, sram=sram, latency=latency)
+    default = target.with_suffix(".html") if is_file else target / REPORT_FILE
+    out = Path(out) if out is not None else default
     write_text(out, page)
     return out
 
