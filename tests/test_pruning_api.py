@@ -267,3 +267,24 @@ def test_dropout_is_adjusted_while_fine_tuning_and_restored():
         assert model.drop1.p == pytest.approx(0.5 * math.sqrt(0.25))
         assert model.drop2.p == 0.5  # fc2 is not pruned
     assert model.drop1.p == 0.5
+
+
+def test_final_round_fine_tunes_longer_with_the_chosen_schedule(small, digits):
+    model = copy.deepcopy(small)
+    config = PruneConfig(
+        amount=0.8,
+        schedule="iterative",
+        rounds=3,
+        finetune_epochs=0,
+        final_finetune_epochs=2,
+        finetune_schedule="cosine",
+        finetune_weight_decay=1e-4,
+    )
+    result = prune(model, config, digits, progress=False)
+    tuned = [r for r in result.rounds if "finetune" in r]
+    assert [r["round"] for r in tuned] == [3] and len(tuned[0]["finetune"]) == 2
+    lrs = [e["lr"] for e in tuned[0]["finetune"]]
+    assert lrs[0] > lrs[1]  # annealed, not halved every 2 epochs
+    assert config.finetune_config(3, last=True).train_config().weight_decay == 1e-4
+    with pytest.raises(ConfigError, match="unknown fine-tuning schedule 'linear'"):
+        PruneConfig(finetune_schedule="linear")

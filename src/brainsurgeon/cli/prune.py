@@ -63,6 +63,9 @@ PRUNE_HELP = {
     "finetune_epochs": "fine-tuning epochs per round",
     "finetune_lr": "fine-tuning learning rate, halved every 2 epochs",
     "finetune_batch_size": "fine-tuning batch size",
+    "finetune_schedule": "fine-tuning lr schedule: step (halved every 2 epochs), cosine, none",
+    "finetune_weight_decay": "weight decay while fine-tuning",
+    "final_finetune_epochs": "fine-tuning epochs after the last round (default: as the others)",
     "adjust_dropout": "keep dropout rates while fine-tuning (default: Han's sqrt rule)",
     "l1": "L1 penalty while fine-tuning",
     "l2": "L2 penalty while fine-tuning",
@@ -91,6 +94,9 @@ SCHEDULE = (
     "finetune_epochs",
     "finetune_lr",
     "finetune_batch_size",
+    "finetune_schedule",
+    "finetune_weight_decay",
+    "final_finetune_epochs",
     "adjust_dropout",
     "l1",
     "l2",
@@ -269,11 +275,11 @@ def _printer(args: argparse.Namespace, config):
         acc = ""
         if record.get("accuracy") is not None:
             acc = f"  acc {100 * record['accuracy_pruned']:.2f}%"
-            if config.finetune_epochs:
+            if "finetune" in record:
                 acc += f" -> fine-tuned {100 * record['accuracy']:.2f}%"
         elif "loss" in record:  # regression and custom losses: the loss itself
             acc = f"  loss {record['loss_pruned']:.4g}"
-            if config.finetune_epochs:
+            if "finetune" in record:
                 acc += f" -> fine-tuned {record['loss']:.4g}"
         chosen = f"  [{record['obs_inverse']}]" if "obs_inverse" in record else ""
         say(

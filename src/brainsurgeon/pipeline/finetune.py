@@ -27,7 +27,8 @@ Callback = Callable[[dict[str, Any]], None]
 @dataclass(frozen=True)
 class FinetuneConfig(Config):
     """Options of :func:`finetune`: ``epochs`` of SGD (``momentum``) on ``batch_size``
-    batches at ``lr``, multiplied by ``lr_gamma`` every ``lr_step`` epochs; optional ``l1`` /
+    batches at ``lr``, multiplied by ``lr_gamma`` every ``lr_step`` epochs (``schedule``
+    ``step``; ``cosine`` anneals to 0 over the epochs, ``none`` keeps it); optional ``l1`` /
     ``l2`` penalties and ``weight_decay``; every random choice seeded from ``seed``."""
 
     epochs: int = 2
@@ -39,9 +40,16 @@ class FinetuneConfig(Config):
     weight_decay: float = 0.0
     l1: float = 0.0
     l2: float = 0.0
+    schedule: str = "step"
     seed: int = 0
 
     def __post_init__(self) -> None:
+        from ..training.config import SCHEDULES
+
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"unknown fine-tuning schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}"
+            )
         check_positive_int("epochs", self.epochs, allow_zero=True)
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("lr_step", self.lr_step)
@@ -60,7 +68,7 @@ class FinetuneConfig(Config):
             batch_size=self.batch_size,
             lr=self.lr,
             momentum=self.momentum,
-            schedule="step",
+            schedule=self.schedule,
             lr_step=self.lr_step,
             lr_gamma=self.lr_gamma,
             weight_decay=self.weight_decay,

@@ -169,7 +169,8 @@ def plan_prune(
     config = config or PruneConfig()
     crit = make_criterion(config.criterion, **config.criterion_options)
     if config.needs_data and data is None:
-        why = "fine-tuning" if config.finetune_epochs else f"criterion {config.criterion!r}"
+        tunes = config.finetune_epochs or config.final_finetune_epochs
+        why = "fine-tuning" if tunes else f"criterion {config.criterion!r}"
         raise ConfigError(f"{why} needs data; pass data=... (CLI: the run's own data is used)")
     if data is not None:  # validates the type before any work; float targets: mse by default
         loss = task_loss(loss, as_dataset(data, "train"))
@@ -276,9 +277,17 @@ def _round(model, prepared: PrunePlan, r: int, data, device, progress) -> dict[s
     if data is not None:
         before = evaluate_on(model, data, prepared.loss)
         record["accuracy_pruned"], record["loss_pruned"] = before.get("accuracy"), before["loss"]
-        if config.finetune_epochs:
+        last = r == len(prepared.sparsities)
+        if config.finetune_config(r, last=last).epochs:
             record["finetune"] = finetune_round(
-                model, data, config, r, loss=prepared.loss, device=device, progress=progress
+                model,
+                data,
+                config,
+                r,
+                last=last,
+                loss=prepared.loss,
+                device=device,
+                progress=progress,
             )
         ev = evaluate_on(model, data, prepared.loss)
         record.update(accuracy=ev.get("accuracy"), loss=ev["loss"])

@@ -34,8 +34,11 @@ class PruneConfig(Config):
     ``spacing`` (iterative: ``geometric | linear``); ``initial_amount`` (gradual's ``s_i``,
     steps' ``X``); ``obs_steps`` splits each round into that many prune steps with the scores
     recomputed in between (OBS's removal in batches). Fine-tuning after each round:
-    ``finetune_epochs`` of SGD at ``finetune_lr`` halved every 2 epochs, with Han's dropout
-    adjustment (``adjust_dropout``) and optional ``l1`` / ``l2`` / ``group_lasso`` penalties.
+    ``finetune_epochs`` of SGD at ``finetune_lr`` halved every 2 epochs (``finetune_schedule``
+    ``step``; ``cosine`` anneals it to 0 each round) with ``finetune_weight_decay``, Han's
+    dropout adjustment (``adjust_dropout``) and optional ``l1`` / ``l2`` / ``group_lasso``
+    penalties; ``final_finetune_epochs`` (default: ``finetune_epochs``) after the last round,
+    Han's longer final retraining.
     """
 
     criterion: str = "magnitude"
@@ -62,6 +65,9 @@ class PruneConfig(Config):
     finetune_epochs: int = 0
     finetune_lr: float = 0.005
     finetune_batch_size: int = 64
+    finetune_schedule: str = "step"
+    finetune_weight_decay: float = 0.0
+    final_finetune_epochs: int | None = None
     adjust_dropout: bool = True
     l1: float = 0.0
     l2: float = 0.0
@@ -76,6 +82,9 @@ class PruneConfig(Config):
         for name in ("rounds", "obs_steps", "samples", "batch_size", "finetune_batch_size"):
             check_positive_int(name, getattr(self, name))
         check_positive_int("finetune_epochs", self.finetune_epochs, allow_zero=True)
+        if self.final_finetune_epochs is not None:
+            check_positive_int("final_finetune_epochs", self.final_finetune_epochs, allow_zero=True)
+        self.finetune_config(1)  # validates the schedule and the weight decay
         if self.spacing not in SPACINGS:
             raise ConfigError(f"unknown spacing {self.spacing!r}; valid: {', '.join(SPACINGS)}")
         if not 0.0 <= self.initial_amount < 1.0:
@@ -133,4 +142,26 @@ class PruneConfig(Config):
 
     @property
     def needs_data(self) -> bool:
-        return CRITERIA.get(self.criterion).needs_data or self.finetune_epochs > 0
+        return (
+            CRITERIA.get(self.criterion).needs_data
+            or self.finetune_epochs > 0
+            or bool(self.final_finetune_epochs)
+        )
+
+    def finetune_config(self, round_index: int, *, last: bool = False):
+        """The :class:`~brainsurgeon.pipeline.FinetuneConfig` run after round ``round_index``."""
+        from ..pipeline.finetune import FinetuneConfig  # the pipeline imports pruning
+
+        epochs = self.finetune_epochs
+        if last and self.final_finetune_epochs is not None:
+            epochs = self.final_finetune_epochs
+        return FinetuneConfig(
+            epochs=epochs,
+            lr=self.finetune_lr,
+            batch_size=self.finetune_batch_size,
+            weight_decay=self.finetune_weight_decay,
+            schedule=self.finetune_schedule,
+            l1=self.l1,
+            l2=self.l2,
+            seed=self.seed + round_index,
+        )

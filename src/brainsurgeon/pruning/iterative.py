@@ -31,23 +31,17 @@ def finetune_round(
     config: PruneConfig,
     round_index: int,
     *,
+    last: bool = False,
     loss: LossLike = None,
     device: torch.device | str = "auto",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Fine-tune after round ``round_index``: ``finetune_epochs`` at ``finetune_lr`` halved
-    every 2 epochs (Han 2015), seeded from ``seed + round_index``, with the dropout
-    adjustment and group-lasso penalty of ``config``."""
-    from ..pipeline.finetune import FinetuneConfig, finetune  # the pipeline imports pruning
+    """Fine-tune after round ``round_index`` (``last``: the final round) as
+    ``config.finetune_config`` says (Han 2015: the rate halved every 2 epochs), seeded from
+    ``seed + round_index``, with the dropout adjustment and group-lasso penalty of ``config``."""
+    from ..pipeline.finetune import finetune  # the pipeline imports pruning
 
-    tune = FinetuneConfig(
-        epochs=config.finetune_epochs,
-        lr=config.finetune_lr,
-        batch_size=config.finetune_batch_size,
-        l1=config.l1,
-        l2=config.l2,
-        seed=config.seed + round_index,
-    )
+    tune = config.finetune_config(round_index, last=last)
     penalties = [group_lasso(config.group_lasso)] if config.group_lasso else None
     with _adjusted_dropout(model, config.adjust_dropout):
         return finetune(
