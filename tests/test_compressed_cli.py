@@ -80,3 +80,12 @@ def test_load_gives_an_inference_model_and_a_sparse_runtime(compressed):
     with torch.no_grad():
         assert torch.equal(run.model(x), dense(x))
     assert read(path).table().file_bytes == path.stat().st_size
+
+
+def test_a_file_without_data_asks_for_it(tmp_path, digits):
+    model = bs.build_model("mlp:64-16-10", digits.input_shape, digits.num_classes)
+    bs.export(model, tmp_path / "bare.bsc")
+    proc = run_cli("evaluate", str(tmp_path / "bare.bsc"))
+    assert proc.returncode == 2 and "records no data set" in proc.stderr
+    ok = run_cli("evaluate", str(tmp_path / "bare.bsc"), "--data", "digits", "--json", check=True)
+    assert 0 <= json.loads(ok.stdout)["accuracy"] <= 1

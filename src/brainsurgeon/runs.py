@@ -53,6 +53,12 @@ class Run:
         from .data import load_data
 
         spec = {**self.config.get("data", {}), **overrides}
+        if not spec.get("name"):
+            raise RunDirError(
+                f"{self.path} records no data set; pass one (e.g. --data digits, an .npz file or "
+                "an MNIST IDX folder), or export with config={'data': data.spec, "
+                "'normalization': data.normalization}"
+            )
         return load_data(spec.pop("name"), normalization=self.config.get("normalization"), **spec)
 
     def child_config(self, step: dict[str, Any]) -> dict[str, Any]:

@@ -212,11 +212,14 @@ def run(args: argparse.Namespace) -> int:
         "history": result.history,
     }
     runs.save(parent.model.cpu(), out, config=cfg, metrics=metrics, force=args.force)
-    _print(args, out, before, after, result)
+    from ..container import encode
+
+    _, file = encode(parent.model, config=cfg, metrics=metrics)
+    _print(args, out, before, after, result, file)
     return 0
 
 
-def _print(args, out, before, after, result) -> None:
+def _print(args, out, before, after, result, file) -> None:
     storage = result.storage
     rows = [
         [
@@ -244,10 +247,11 @@ def _print(args, out, before, after, result) -> None:
     )
     text = "\n".join(
         [
-            table(rows, ["layer", "kind", "bits", "bits/weight", "index B", "codebook B", "ratio"]),
+            table(rows, ["layer", "kind", "bits", "bits/weight", "codes B", "codebook B", "ratio"]),
+            "(codes at fixed width, before entropy coding and sparse positions)",
             f"\ntest accuracy {100 * before['accuracy']:.2f}% -> {100 * after['accuracy']:.2f}%; "
-            f"model {storage['fp32_bytes']:,} -> {storage['model_bytes']:,} bytes "
-            f"({storage['model_ratio']:.2f}x); wrote {out}",
+            f"compressed file {file.file_bytes:,} bytes as `brainsurgeon export {out}` writes "
+            f"it ({file.ratio:.2f}x smaller than fp32 {file.fp32_bytes:,}); wrote {out}",
         ]
     )
     payload = {
@@ -259,6 +263,8 @@ def _print(args, out, before, after, result) -> None:
         "ratio": total["ratio"],
         "model_bytes": storage["model_bytes"],
         "model_ratio": storage["model_ratio"],
+        "file_bytes": file.file_bytes,
+        "file_ratio": file.ratio,
         "layers": storage["layers"],
         "finetune": result.history,
     }
