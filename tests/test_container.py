@@ -47,9 +47,20 @@ def _outputs(model, x):
         return model.eval()(x)
 
 
-@pytest.mark.parametrize("method", METHODS, ids=lambda m: m[0] if m else "mask-only")
-def test_every_compression_loads_back_to_identical_outputs(method, pruned, digits, tmp_path):
-    model = copy.deepcopy(pruned)
+@pytest.fixture(scope="module")
+def dense(digits):
+    torch.manual_seed(1)
+    model = build_model("mlp:64-32-16-10", digits.input_shape, digits.num_classes)
+    fit(model, digits, TrainConfig(epochs=1), progress=False)
+    return model
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["pruned", "dense"])
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m[0] if m else "no-quantizer")
+def test_every_compression_loads_back_to_identical_outputs(
+    method, masked, pruned, dense, digits, tmp_path
+):
+    model = copy.deepcopy(pruned if masked else dense)
     if method is not None:
         bs.quantize(model, bs.quant_config(method[0], **method[1]), digits, progress=False)
     result = export(model, tmp_path / "m.bsc")
