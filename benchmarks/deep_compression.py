@@ -5,7 +5,8 @@ Han, Mao & Dally (ICLR 2016): LeNet-300-100 40x at 1.58% test error (27 KB), LeN
 
 Each model: train dense (or ``--dense RUN``: a trained run directory, recorded as such) ->
 iterative magnitude pruning with fine-tuning -> k-means weight sharing per layer with centroid
-fine-tuning (masks kept) -> ``brainsurgeon.export`` -> ``read`` the file back -> test error of
+fine-tuning (masks kept) -> ``brainsurgeon.export`` (``index_bits="auto"``: the CSR gap width
+that gives the smallest file per tensor) -> ``read`` the file back -> test error of
 the loaded model. The ratio is the file's size on disk against 4 bytes a parameter. Per stream:
 bytes against its order-0 entropy and the codec that won.
 
@@ -82,10 +83,11 @@ def say(message: str) -> None:
 
 
 def dense_model(name: str, data, recipe: dict, dense: str | None):
-    if dense:
+    if dense:  # trained elsewhere, by the recipe's train options unless its config says
         run = bs.load_run(dense)
-        say(f"dense: {dense} (trained elsewhere: {run.config.get('training')})")
-        return run.model, {"from": dense, "training": run.config.get("training")}
+        training = run.config.get("training") or {**recipe["train"], "assumed": True}
+        say(f"dense: {dense} (training {training})")
+        return run.model, {"from": dense, "training": training}
     model = bs.build_model(name, data.input_shape, data.num_classes)
     start = time.perf_counter()
     bs.fit(model, data, bs.TrainConfig(**recipe["train"]), progress=False)
@@ -137,7 +139,8 @@ def run(name: str, args) -> dict:
     bs.quantize(model, bs.quant_config(q.pop("method"), seed=SEED, **q), data, progress=False)
     quant_s = time.perf_counter() - start
     path = RESULTS / f"deep_compression-{name}{'-quick' if args.quick else ''}.bsc"
-    table = bs.export(model, path, config={"data": data.spec, "normalization": data.normalization})
+    config = {"data": data.spec, "normalization": data.normalization}
+    table = bs.export(model, path, config=config, index_bits="auto")
     loaded = read(path).model
     file_acc = bs.evaluate(loaded, data)["accuracy"]
     error = 100 * (1 - file_acc)
