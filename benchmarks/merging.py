@@ -90,8 +90,10 @@ def table(rows: list[dict]) -> str:
             f"{p['prune']:>11.2f} {p['kim']:>11.2f}"
         )
     dense = torch.tensor([r["dense"] for r in rows])
-    lines.append(f"dense test accuracy {dense.mean().item():.2f}% over seeds "
-                 f"{[r['seed'] for r in rows]} (paper's FashionMNIST baseline 89.80%)")
+    lines.append(
+        f"dense test accuracy {dense.mean().item():.2f}% over seeds "
+        f"{[r['seed'] for r in rows]} (paper's FashionMNIST baseline 89.80%)"
+    )
     return "\n".join(lines)
 
 
@@ -111,9 +113,18 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = [run_seed(data, seed, args.epochs) for seed in args.seeds]
     print(table(rows))
-    write_json(RESULTS, {"benchmark": "merging", "model": "lenet300", "data": "mnist",
-                         "epochs": args.epochs, "paper_fashion_mnist": PAPER,
-                         "rows": rows, "environment": environment()})
+    write_json(
+        RESULTS,
+        {
+            "benchmark": "merging",
+            "model": "lenet300",
+            "data": "mnist",
+            "epochs": args.epochs,
+            "paper_fashion_mnist": PAPER,
+            "rows": rows,
+            "environment": environment(),
+        },
+    )
     print(f"wrote {RESULTS}")
 
 

@@ -161,8 +161,7 @@ def _scores(criterion: Criterion, group: Group, weight: torch.Tensor) -> torch.T
         return unit_scores(weight, criterion)
     if group.name not in criterion:
         raise ConfigError(
-            f"criterion mapping has no scores for group {group.name!r}; it has "
-            f"{sorted(criterion)}"
+            f"criterion mapping has no scores for group {group.name!r}; it has {sorted(criterion)}"
         )
     scores = torch.as_tensor(criterion[group.name]).to(weight.device)
     if scores.shape != (group.units,):
