@@ -27,6 +27,7 @@ from brainsurgeon.utils import environment, seed_everything
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "merging.json"
 AMOUNTS = (0.5, 0.6, 0.7, 0.8)
+THRESHOLDS = (0.0, 0.2, 0.45, 0.7)  # Kim's cosine threshold; 0.45 is the paper's LeNet value
 # Kim et al. 2020, Table 1: LeNet-300-100 on FashionMNIST, no fine-tuning (baseline 89.80%).
 PAPER = {
     0.5: {"prune": 88.40, "kim": 88.69},
@@ -68,6 +69,9 @@ def run_seed(data, seed: int, epochs: int) -> dict:
             "kim": accuracy(kim.model, data),
             "data_free": accuracy(free, data),
             "kim_units_merged": kim.merged,
+            "kim_by_threshold": {
+                str(t): accuracy(merge(model, amount, threshold=t).model, data) for t in THRESHOLDS
+            },
             "params": sum(p.numel() for p in kim.model.parameters()),
             "seconds": time.perf_counter() - t0,
         }
@@ -101,6 +105,16 @@ def table(rows: list[dict]) -> str:
         f"MNIST test accuracy (%), mean ± sd over seeds {[r['seed'] for r in rows]}; dense "
         f"{dense.mean().item():.2f}%. Paper: FashionMNIST (dense 89.80%), one model."
     )
+    lines.append("Kim merge by cosine threshold (mean over seeds):")
+    for amount in AMOUNTS:
+        vals = [
+            sum(r["amounts"][str(amount)]["kim_by_threshold"][str(t)] for r in rows) / len(rows)
+            for t in THRESHOLDS
+        ]
+        lines.append(
+            f"{amount:>7.0%} | "
+            + "  ".join(f"t={t}: {v:5.2f}" for t, v in zip(THRESHOLDS, vals, strict=True))
+        )
     return "\n".join(lines)
 
 
