@@ -50,7 +50,7 @@ RECIPES = {
             "finetune_weight_decay": 1e-4,
             "final_finetune_epochs": 30,
         },
-        "quantize": {"method": "kmeans", "bits": 4, "finetune_epochs": 3, "finetune_lr": 1e-3},
+        "quantize": {"method": "kmeans", "bits": 4, "finetune_epochs": 5, "finetune_lr": 5e-4},
     },
     "lenet5": {
         "train": {"epochs": 20, "lr": 0.02, "schedule": "cosine", "weight_decay": 5e-4},
