@@ -73,7 +73,10 @@ class SlimMultiheadAttention(nn.Module):
             q, k, v = (x.transpose(0, 1) for x in (q, k, v))
         weights = self.in_proj_weight.chunk(3)
         biases = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None,) * 3
-        q, k, v = (self._heads(F.linear(x, wt, b)) for x, wt, b in zip((q, k, v), weights, biases))
+        q, k, v = (
+            self._heads(F.linear(x, wt, b))
+            for x, wt, b in zip((q, k, v), weights, biases, strict=True)
+        )
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (N, H, L, S)
         scores = scores + self._bias(attn_mask, key_padding_mask, is_causal, scores)
         attn = torch.softmax(scores, dim=-1)
