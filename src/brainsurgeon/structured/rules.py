@@ -246,6 +246,20 @@ def reshape(w: Walker, node: fx.Node) -> Axis | None:
     raise w.error(node, f"it reshapes the unit dimension {list(ins)} -> {list(outs)}")
 
 
+def transpose(w: Walker, node: fx.Node) -> Axis | None:
+    """``transpose`` / ``permute``: the unit dimension moves with its index."""
+    a = w.axis(node.args[0])
+    if a is None:
+        return None
+    n = len(w.shape(node.args[0]))
+    d = n + a.dim
+    if node.target in ("permute", torch.permute):
+        dims = node.args[1] if isinstance(node.args[1], (tuple, list)) else node.args[1:]
+        return Axis([x % n for x in dims].index(d) - n, a.parts)
+    d0, d1 = _arg(node, 1, "dim0", 0) % n, _arg(node, 2, "dim1", 1) % n
+    return Axis((d1 if d == d0 else d0 if d == d1 else d) - n, a.parts)
+
+
 def pool(w: Walker, node: fx.Node) -> Axis | None:
     """Pooling over the last k dims (k from the ``1d/2d/3d`` in the name)."""
     a = w.axis(node.args[0])
@@ -360,12 +374,14 @@ def _register_builtins() -> None:
     FUNCTION_RULES.update({torch.concat: cat, torch.mean: reduce, torch.sum: reduce})
     FUNCTION_RULES.update({torch.amax: reduce, F.softmax: softmax, F.log_softmax: softmax})
     FUNCTION_RULES.update({getattr: opaque, torch.softmax: softmax})
+    FUNCTION_RULES.update({torch.transpose: transpose, torch.permute: transpose})
 
     for name in ("relu", "sigmoid", "tanh", "contiguous", "clone", "float", "to", "detach"):
         METHOD_RULES[name] = passthrough
     for name in ("add", "sub", "mul", "div", "add_", "mul_"):
         METHOD_RULES[name] = elementwise
     METHOD_RULES.update(size=opaque, dim=opaque, flatten=flatten_call, view=reshape)
+    METHOD_RULES.update(transpose=transpose, permute=transpose)
     METHOD_RULES.update(reshape=reshape, mean=reduce, sum=reduce, amax=reduce, softmax=softmax)
 
 
