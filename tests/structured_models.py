@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from brainsurgeon import build_model
+
 
 class Residual(nn.Module):
     """fc_in -> ReLU -> (fc_a -> ReLU -> fc_b) + skip -> ReLU -> fc_out: fc_in and fc_b
@@ -126,6 +128,29 @@ def norm(input_shape, num_classes):
 
 
 # -- helpers shared by the structured tests -------------------------------------------
+PATTERNS = {  # spec, input shape, example batch shape
+    "mlp": ("mlp:64-32-16-10", (64,), (5, 64)),
+    "conv_flatten": ("structured_models:conv_flatten", (1, 6, 6), (5, 1, 6, 6)),
+    "lenet5": ("lenet5", (1, 8, 8), (5, 1, 8, 8)),
+    "residual": ("structured_models:residual", (6,), (5, 6)),
+    "resnet8": ("resnet8", (1, 8, 8), (5, 1, 8, 8)),
+    "concat": ("structured_models:concat", (2, 5, 5), (5, 2, 5, 5)),
+    "attention": ("structured_models:attention", (4, 6), (5, 4, 6)),
+    "encoder": ("structured_models:encoder", (4, 6), (5, 4, 6)),
+}
+
+
+def built(pattern: str, **kwargs):
+    spec, shape, batch = PATTERNS[pattern]
+    torch.manual_seed(0)
+    model = build_model(spec, shape, 10, kwargs).eval()
+    return model, torch.randn(batch)
+
+
+def by_name(groups):
+    return {g.name: g for g in groups}
+
+
 def random_keeps(groups, seed: int = 0) -> dict:
     """A random keep per group removing about half its units (always keeping one)."""
     gen = torch.Generator().manual_seed(seed)

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from structured_models import expected_numel, random_keeps
 from torch import nn
 
 from brainsurgeon import build_model
@@ -14,28 +13,7 @@ from brainsurgeon.errors import ConfigError, UnsupportedLayerError
 from brainsurgeon.structured import apply_unit_mask, find_groups, register_rule, shrink
 from brainsurgeon.structured.groups import Slice
 from brainsurgeon.structured.rules import MODULE_RULES
-
-PATTERNS = {  # spec, input shape, example batch shape
-    "mlp": ("mlp:64-32-16-10", (64,), (5, 64)),
-    "conv_flatten": ("structured_models:conv_flatten", (1, 6, 6), (5, 1, 6, 6)),
-    "lenet5": ("lenet5", (1, 8, 8), (5, 1, 8, 8)),
-    "residual": ("structured_models:residual", (6,), (5, 6)),
-    "resnet8": ("resnet8", (1, 8, 8), (5, 1, 8, 8)),
-    "concat": ("structured_models:concat", (2, 5, 5), (5, 2, 5, 5)),
-    "attention": ("structured_models:attention", (4, 6), (5, 4, 6)),
-    "encoder": ("structured_models:encoder", (4, 6), (5, 4, 6)),
-}
-
-
-def built(pattern: str, **kwargs):
-    spec, shape, batch = PATTERNS[pattern]
-    torch.manual_seed(0)
-    model = build_model(spec, shape, 10, kwargs).eval()
-    return model, torch.randn(batch)
-
-
-def by_name(groups):
-    return {g.name: g for g in groups}
+from structured_models import PATTERNS, built, by_name, expected_numel, random_keeps
 
 
 @pytest.mark.parametrize("pattern", list(PATTERNS))
@@ -201,3 +179,17 @@ def test_bad_granularity_and_keep_are_refused():
         shrink(model, {fc1: torch.zeros(32, dtype=torch.bool)})
     with pytest.raises(ConfigError, match=r"bool tensor of shape \(32,\)"):
         apply_unit_mask(model, fc1, torch.ones(31, dtype=torch.bool))
+
+
+class DictOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.fc2(torch.relu(self.fc1(x))))
+        return {"logits": self.fc3(h), "features": h}
+
+
+def test_dict_outputs_pin_every_returned_tensor():
+    assert [g.name for g in find_groups(DictOut(), torch.randn(2, 4))] == ["fc1"]

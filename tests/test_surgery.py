@@ -6,14 +6,13 @@ import copy
 
 import pytest
 import torch
-from structured_models import random_keeps
-from test_structured_graph import PATTERNS, built, by_name
 
 import brainsurgeon as bs
 from brainsurgeon.errors import ConfigError
 from brainsurgeon.pruning.masks import masks_of, set_mask
 from brainsurgeon.state import edits_of
 from brainsurgeon.structured import apply_unit_mask, find_dead_units, find_groups, shrink
+from structured_models import PATTERNS, built, by_name, random_keeps
 
 
 def n_params(model):
@@ -65,6 +64,7 @@ def test_resnet8_masked_equals_shrunk_in_training_mode_too():
     torch.testing.assert_close(shrunk(x), masked(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_shrunk_resnet8_exports_to_onnx(tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
