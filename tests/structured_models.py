@@ -88,6 +88,20 @@ class Encoder(nn.Module):
         return self.fc(self.layer(self.proj(x)).mean(1))
 
 
+class Stack(nn.Module):
+    """(N, L, F) -> proj -> TransformerEncoder of 2 layers -> mean -> fc."""
+
+    def __init__(self, n_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(n_features, 8)
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.encoder(self.proj(x)).mean(1))
+
+
 class Norm(nn.Module):
     """fc1 -> LayerNorm over its units -> ReLU -> fc2."""
 
@@ -123,6 +137,10 @@ def encoder(input_shape, num_classes):
     return Encoder(input_shape[-1], num_classes)
 
 
+def stack(input_shape, num_classes):
+    return Stack(input_shape[-1], num_classes)
+
+
 def norm(input_shape, num_classes):
     return Norm(math.prod(input_shape), num_classes)
 
@@ -137,6 +155,7 @@ PATTERNS = {  # spec, input shape, example batch shape
     "concat": ("structured_models:concat", (2, 5, 5), (5, 2, 5, 5)),
     "attention": ("structured_models:attention", (4, 6), (5, 4, 6)),
     "encoder": ("structured_models:encoder", (4, 6), (5, 4, 6)),
+    "stack": ("structured_models:stack", (4, 6), (5, 4, 6)),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -98,6 +99,8 @@ def test_encoder_layer_gives_heads_and_feed_forward_neurons():
     groups = by_name(find_groups(model, x))
     assert set(groups) == {"layer.self_attn", "layer.linear1"}
     assert groups["layer.linear1"].consumers == (Slice("layer.linear2", "weight", 1),)
+    names = {g.name for g in find_groups(*built("stack"))}
+    assert names == {f"encoder.layers.{i}.{m}" for i in (0, 1) for m in ("self_attn", "linear1")}
 
 
 def test_layer_norm_over_units_is_sliced_and_refuses_masks():
@@ -130,6 +133,8 @@ class MatmulNet(nn.Module):
 def test_unknown_op_on_units_is_refused_by_name():
     with pytest.raises(UnsupportedLayerError, match=r"cannot follow torch.matmul at node 'matmul'"):
         find_groups(MatmulNet(), torch.randn(2, 4))
+    with pytest.raises(UnsupportedLayerError, match=r"at node 'matmul' \(block\): .*register_rule"):
+        find_groups(nn.Sequential(OrderedDict(block=MatmulNet())), torch.randn(2, 4))
 
 
 class Gate(nn.Module):

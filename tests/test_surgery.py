@@ -30,7 +30,7 @@ def test_mlp_loses_exactly_the_removed_rows_and_columns():
     assert [e["kind"] for e in edits_of(model)] == ["shrink"]
 
 
-@pytest.mark.parametrize("pattern", ["mlp", "lenet5", "resnet8", "concat", "attention", "encoder"])
+@pytest.mark.parametrize("pattern", ["mlp", "lenet5", "resnet8", "concat", "attention", "stack"])
 def test_save_and_load_replay_the_surgery(pattern, tmp_path):
     model, x = built(pattern)
     shrink(model, random_keeps(find_groups(model, x), seed=2))
@@ -52,6 +52,21 @@ def test_masks_shrink_with_their_tensors_and_survive_save_load(tmp_path):
     assert torch.equal(masks_of(loaded)["fc2.weight"], masks_of(model)["fc2.weight"])
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_masked_heads_stay_masked_through_surgery_and_save_load(tmp_path):
+    model, x = built("attention")
+    (heads,) = find_groups(model, x)
+    apply_unit_mask(model, heads, torch.tensor([True, True, False, True]))
+    with torch.no_grad():
+        before = model(x)
+    shrink(model, {heads: torch.tensor([True, False, True, True])})
+    assert model.attn.num_heads == 3 and masks_of(model)["attn.in_proj_weight"].shape == (18, 8)
+    loaded = bs.load(bs.save(model, tmp_path / "run", config={}))
+    with torch.no_grad():
+        assert not torch.allclose(model(x), before)
+        torch.testing.assert_close(loaded(x), model(x))
+    assert not masks_of(loaded)["attn.in_proj_weight"][2:4].any()  # old head 2 is head 1
 
 
 def test_resnet8_masked_equals_shrunk_in_training_mode_too():

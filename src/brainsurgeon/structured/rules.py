@@ -62,7 +62,8 @@ def register_rule(target: type[nn.Module] | Callable | str, rule: str | Rule) ->
 
     ``rule``: ``"passthrough"`` (per-unit: the unit dimension is untouched), ``"pin"`` (it
     needs all units: its inputs cannot be pruned) or ``rule(walker, node) -> Axis | None``.
-    A module type with a rule is traced as one layer.
+    A module type with a rule is traced as one layer; a function needs ``torch.fx.wrap`` so
+    the tracer records it instead of tracing through it.
     """
     if isinstance(rule, str):
         if rule not in STANDARD:
@@ -190,17 +191,26 @@ def attention(w: Walker, node: fx.Node) -> None:
     return None
 
 
-def encoder_layer(w: Walker, node: fx.Node) -> None:
-    """nn.TransformerEncoderLayer as one layer: its heads and its feed-forward neurons."""
-    m, name = w.module(node), node.target
-    for a in w.inputs(node):
-        w.pin(a, f"feeds {name}, whose embedding size is fixed")
+def _encoder_spaces(w: Walker, name: str, m: nn.Module) -> None:
     attention_space(w, f"{name}.self_attn", m.self_attn)
     space = w.space(w.new_space(f"{name}.linear1", "neuron", m.linear1.out_features))
     for t in ("weight", "bias"):
         if getattr(m.linear1, t) is not None:
             space.producers.append(Slice(f"{name}.linear1", t, 0))
     space.consumers.append(Slice(f"{name}.linear2", "weight", 1))
+
+
+def encoder(w: Walker, node: fx.Node) -> None:
+    """nn.TransformerEncoderLayer (or a TransformerEncoder stack of them) as one layer: the
+    heads and feed-forward neurons of each; the embedding is kept."""
+    m, name = w.module(node), node.target
+    for a in w.inputs(node):
+        w.pin(a, f"feeds {name}, whose embedding size is fixed")
+    if isinstance(m, nn.TransformerEncoder):
+        for i, layer in enumerate(m.layers):
+            _encoder_spaces(w, f"{name}.layers.{i}", layer)
+    else:
+        _encoder_spaces(w, name, m)
     return None
 
 
@@ -358,7 +368,7 @@ def _register_builtins() -> None:
     MODULE_RULES.update({nn.GroupNorm: group_norm, nn.Flatten: flatten_module})
     MODULE_RULES.update({nn.Softmax: softmax, nn.LogSoftmax: softmax})
     MODULE_RULES.update({nn.MultiheadAttention: attention, SlimMultiheadAttention: attention})
-    MODULE_RULES[nn.TransformerEncoderLayer] = encoder_layer
+    MODULE_RULES.update({nn.TransformerEncoderLayer: encoder, nn.TransformerEncoder: encoder})
 
     unary = (torch.relu, F.relu, F.relu6, F.gelu, F.silu, F.leaky_relu, F.elu, F.hardswish)
     unary += (F.mish, F.softplus, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, F.dropout)
