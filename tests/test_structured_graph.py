@@ -13,7 +13,7 @@ from brainsurgeon import build_model
 from brainsurgeon.errors import ConfigError, UnsupportedLayerError
 from brainsurgeon.structured import apply_unit_mask, find_groups, register_rule, shrink
 from brainsurgeon.structured.groups import Slice
-from brainsurgeon.structured.rules import MODULE_RULES
+from brainsurgeon.structured.rules import FUNCTION_RULES, MODULE_RULES
 from structured_models import PATTERNS, built, by_name, expected_numel, random_keeps
 
 
@@ -133,8 +133,16 @@ class MatmulNet(nn.Module):
 def test_unknown_op_on_units_is_refused_by_name():
     with pytest.raises(UnsupportedLayerError, match=r"cannot follow torch.matmul at node 'matmul'"):
         find_groups(MatmulNet(), torch.randn(2, 4))
-    with pytest.raises(UnsupportedLayerError, match=r"at node 'matmul' \(block\): .*register_rule"):
+    with pytest.raises(
+        UnsupportedLayerError,
+        match=r"at node 'matmul' \(block\): .*register_rule\(torch.matmul, rule\)",
+    ):
         find_groups(nn.Sequential(OrderedDict(block=MatmulNet())), torch.randn(2, 4))
+    register_rule(torch.matmul, "pin")
+    try:
+        assert find_groups(MatmulNet(), torch.randn(2, 4)) == []  # fc1's units stay
+    finally:
+        del FUNCTION_RULES[torch.matmul]
 
 
 class Gate(nn.Module):

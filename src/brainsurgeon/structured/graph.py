@@ -160,12 +160,13 @@ class Walker:
         return self.gm.get_submodule(node.target)
 
     def error(self, node: fx.Node, why: str) -> UnsupportedLayerError:
-        what = describe_target(self, node)
+        what, key = describe_target(self, node)
         scope = node.meta.get("bs_scope") or ""
         where = f" ({scope})" if scope and scope != node.target else ""
         return UnsupportedLayerError(
             f"cannot follow {what} at node '{node.name}'{where}: {why}; register a rule with "
-            "brainsurgeon.structured.register_rule or exclude it"
+            f"brainsurgeon.structured.register_rule({key}, rule): 'pin' keeps every unit it "
+            "reads, 'passthrough' if it acts on each unit alone"
         )
 
     def run(self) -> None:
@@ -204,16 +205,20 @@ class Walker:
         return out
 
 
-def describe_target(walker: Walker, node: fx.Node) -> str:
+def describe_target(walker: Walker, node: fx.Node) -> tuple[str, str]:
+    """What a node calls, for messages, and the key :func:`register_rule` takes for it."""
     if node.op == "call_module":
-        return f"{type(walker.module(node)).__name__} '{node.target}'"
+        cls = type(walker.module(node)).__name__.removeprefix("Parametrized")
+        return f"{cls} '{node.target}'", cls
     if node.op == "call_method":
-        return f"Tensor.{node.target}"
+        return f"Tensor.{node.target}", repr(node.target)
     mod = getattr(node.target, "__module__", None) or ""
     name = getattr(node.target, "__name__", str(node.target))
+    mod = {"torch._C._nn": "torch.nn.functional", "_operator": "operator"}.get(mod, mod)
     if mod.startswith("torch") and not mod.startswith("torch.nn"):
         mod = "torch"
-    return f"{mod}.{name}" if mod and mod != "_operator" else name
+    full = f"{mod}.{name}" if mod else name
+    return full, full
 
 
 class _Tracer(fx.Tracer):
