@@ -96,6 +96,7 @@ PLUGIN_MODULES = (
     "brainsurgeon.quantization",
     "brainsurgeon.factorization",
     "brainsurgeon.models.hashed",
+    "brainsurgeon.structured",
 )
 
 

@@ -110,6 +110,15 @@ def lenet5(input_shape, num_classes, dropout: float = 0.0):
     return LeNet5(tuple(input_shape), num_classes, dropout=dropout)
 
 
+@MODELS.register(
+    "resnet8", "ResNet-8: stem conv, 3 BasicBlocks (16/32/64, BatchNorm), avg pool, fc (78k)"
+)
+def resnet8(input_shape, num_classes, widths: tuple[int, int, int] = (16, 32, 64)):
+    from .resnet import ResNet8
+
+    return ResNet8(input_shape[0], num_classes, tuple(widths))
+
+
 _MLP_SPEC = re.compile(r"^mlp:(?P<sizes>[0-9h.\-]+)(?P<opts>(,[a-z_]+=[0-9.]+)*)$")
 _HIDDEN = re.compile(r"^(?P<n>\d+)(?P<h>h(?P<c>[0-9.]+)?)?$")
 
