@@ -107,6 +107,84 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
+class Tally:
+    """Accuracies per criterion and amount, seconds, and rank correlations, as they come."""
+
+    def __init__(self, model, groups, test) -> None:
+        self.model, self.groups, self.test = model, groups, test
+        self.acc: dict[str, dict[str, list[float]]] = {}
+        self.secs: dict[str, float] = {}
+        self.rho: dict[str, dict[str, list[float]]] = {}
+
+    def add(self, label: str, amount: float, model) -> None:
+        runs = self.acc.setdefault(label, {}).setdefault(str(amount), [])
+        runs.append(accuracy(model, self.test))
+
+    def scored(self, label: str, scores: dict[str, torch.Tensor], seconds: float) -> None:
+        self.secs[label] = self.secs.get(label, 0.0) + seconds
+        for amount in AMOUNTS:
+            self.add(label, amount, removed(self.model, self.groups, select_units(scores, amount)))
+
+    def correlations(self, all_scores: dict[str, dict[str, torch.Tensor]]) -> None:
+        for label, sc in all_scores.items():
+            for g in self.groups:
+                r = spearman(sc[g.name], all_scores["true-damage"][g.name])
+                self.rho.setdefault(label, {}).setdefault(g.name, []).append(r)
+
+    def table(self) -> dict[str, dict[str, dict]]:
+        def summary(values):
+            v = torch.tensor(values, dtype=torch.float64)
+            sd = float(v.std()) if len(v) > 1 else 0.0
+            return {"mean": float(v.mean()), "sd": sd, "runs": values}
+
+        return {label: {a: summary(v) for a, v in per.items()} for label, per in self.acc.items()}
+
+
+def calibration_seed(tally: Tally, calib, cs: int, masks: int) -> None:
+    """Every criterion on one calibration subset, then the compensated variants."""
+    all_scores = {}
+    todo = dict(CRITERIA)
+    if cs == 0 and masks:
+        todo["dropout-regression"] = ("dropout-regression", {"masks": masks})
+    for label, (name, options) in todo.items():
+        if cs > 0 and name in ("l1", "l2"):
+            continue  # data-free: one run is all there is
+        t = time.perf_counter()
+        crit = make_unit_criterion(name, **options)
+        all_scores[label] = {g.name: crit.score(tally.model, g, calib) for g in tally.groups}
+        tally.scored(label, all_scores[label], time.perf_counter() - t)
+        print(f"calib {cs} {label}: {time.perf_counter() - t:.1f} s", flush=True)
+    tally.correlations(all_scores)
+    for label, selector in COMPENSATED.items():
+        t = time.perf_counter()
+        for amount in AMOUNTS:
+            tally.add(
+                label, amount, compensated(tally.model, tally.groups, calib, amount, selector, cs)
+            )
+        tally.secs[label] = tally.secs.get(label, 0.0) + time.perf_counter() - t
+
+
+def print_table(table, rho) -> None:
+    print(f"\n| criterion | {' | '.join(f'{int(a * 100)}% removed' for a in AMOUNTS)} | runs |")
+    print("|---|" + "---|" * (len(AMOUNTS) + 1))
+    for label, per in table.items():
+        cells = [f"{per[str(a)]['mean']:.4f} ± {per[str(a)]['sd']:.4f}" for a in AMOUNTS]
+        print(f"| {label} | {' | '.join(cells)} | {len(per[str(AMOUNTS[0])]['runs'])} |")
+    print("\nSpearman vs true-damage (mean over calibration seeds):")
+    for label, per in rho.items():
+        print(label, {g: round(sum(v) / len(v), 3) for g, v in per.items()})
+
+
+def comparisons(table) -> dict[str, dict[str, float]]:
+    """Mean accuracy differences answering: does neuron-level OBD-SD work?"""
+    pairs = [("obd-sd", "obd"), ("obd-sd", "random"), ("obd-sd", "l2"), ("obd-sd", "activation")]
+    pairs += [("obd-sd", "obd (no 1st order)"), ("group-obs + compensation", "l2")]
+    return {
+        f"{a} - {b}": {x: round(table[a][x]["mean"] - table[b][x]["mean"], 4) for x in table[a]}
+        for a, b in pairs
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--calib-seeds", type=int, default=3)
@@ -120,68 +198,18 @@ def main() -> None:
     groups = mlp_groups(model)
     base = accuracy(model, data.test)
     print(f"dense test accuracy {base:.4f}; groups {[(g.name, g.units) for g in groups]}")
-    acc: dict[str, dict[str, list[float]]] = {}
-    secs: dict[str, float] = {}
-    rho: dict[str, dict[str, list[float]]] = {}
-
-    def record(label, seed_scores, seconds):
-        secs[label] = secs.get(label, 0.0) + seconds
-        for amount in AMOUNTS:
-            keep = select_units(seed_scores, amount)
-            acc.setdefault(label, {}).setdefault(str(amount), []).append(
-                accuracy(removed(model, groups, keep), data.test)
-            )
-
+    tally = Tally(model, groups, data.test)
     for seed in range(3):
         t = time.perf_counter()
         scores = {g.name: make_unit_criterion("random", seed=seed).score(model, g) for g in groups}
-        record("random", scores, time.perf_counter() - t)
+        tally.scored("random", scores, time.perf_counter() - t)
     for cs in range(args.calib_seeds):
         calib = data.train.subset(args.samples, seed=100 + cs)
-        all_scores = {}
-        for label, (name, options) in CRITERIA.items():
-            if cs > 0 and name in ("l1", "l2"):
-                continue  # data-free: one run is all there is
-            t = time.perf_counter()
-            crit = make_unit_criterion(name, **options)
-            all_scores[label] = {g.name: crit.score(model, g, calib) for g in groups}
-            record(label, all_scores[label], time.perf_counter() - t)
-            print(f"calib {cs} {label}: {time.perf_counter() - t:.1f} s", flush=True)
-        if cs == 0 and args.regression_masks:
-            t = time.perf_counter()
-            crit = make_unit_criterion("dropout-regression", masks=args.regression_masks)
-            all_scores["dropout-regression"] = {g.name: crit.score(model, g, calib) for g in groups}
-            record("dropout-regression", all_scores["dropout-regression"], time.perf_counter() - t)
-            print(f"dropout-regression: {time.perf_counter() - t:.1f} s", flush=True)
-        for label, sc in all_scores.items():
-            for g in groups:
-                r = spearman(sc[g.name], all_scores["true-damage"][g.name])
-                rho.setdefault(label, {}).setdefault(g.name, []).append(r)
-        for label, selector in COMPENSATED.items():
-            t = time.perf_counter()
-            for amount in AMOUNTS:
-                m = compensated(model, groups, calib, amount, selector, seed=cs)
-                acc.setdefault(label, {}).setdefault(str(amount), []).append(accuracy(m, data.test))
-            secs[label] = secs.get(label, 0.0) + time.perf_counter() - t
-
-    def summary(values):
-        v = torch.tensor(values, dtype=torch.float64)
-        return {
-            "mean": float(v.mean()),
-            "sd": float(v.std()) if len(v) > 1 else 0.0,
-            "runs": values,
-        }
-
-    table = {label: {a: summary(v) for a, v in per.items()} for label, per in acc.items()}
-    print(f"\n| criterion | {' | '.join(f'{int(a * 100)}% removed' for a in AMOUNTS)} | runs |")
-    print("|---|" + "---|" * (len(AMOUNTS) + 1))
-    for label, per in table.items():
-        cells = [f"{per[str(a)]['mean']:.4f} ± {per[str(a)]['sd']:.4f}" for a in AMOUNTS]
-        print(f"| {label} | {' | '.join(cells)} | {len(per[str(AMOUNTS[0])]['runs'])} |")
-    print("\nSpearman vs true-damage (mean over calibration seeds):")
-    for label, per in rho.items():
-        print(label, {g: round(sum(v) / len(v), 3) for g, v in per.items()})
+        calibration_seed(tally, calib, cs, args.regression_masks)
+    table = tally.table()
+    print_table(table, tally.rho)
     seconds = time.perf_counter() - start
+    seeds = [100 + i for i in range(args.calib_seeds)]
     write_json(
         HERE / "results" / "unit_criteria.json",
         {
@@ -190,14 +218,14 @@ def main() -> None:
             "dense_accuracy": base,
             "amounts": list(AMOUNTS),
             "selection": "per-layer, both hidden layers; no fine-tuning",
-            "calibration": {
-                "samples": args.samples,
-                "seeds": [100 + i for i in range(args.calib_seeds)],
-            },
+            "calibration": {"samples": args.samples, "seeds": seeds},
             "random_seeds": [0, 1, 2],
+            "compensated_random_seeds": list(range(args.calib_seeds)),
+            "dropout_regression": {"masks": args.regression_masks, "keep": 0.9, "seeds": seeds[:1]},
             "accuracy": table,
-            "spearman_vs_true_damage": rho,
-            "seconds_per_criterion": {k: round(v, 1) for k, v in secs.items()},
+            "accuracy_differences": comparisons(table),
+            "spearman_vs_true_damage": tally.rho,
+            "seconds_per_criterion": {k: round(v, 1) for k, v in tally.secs.items()},
             "seconds": round(seconds, 1),
             "load_average": os.getloadavg(),
             "environment": environment(),
