@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "quantize",
     "distill",
     "factorize",
+    "structured",
     "compare",
     "study",
     "sensitivity",

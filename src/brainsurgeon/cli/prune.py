@@ -44,7 +44,11 @@ See `brainsurgeon criteria` for the criteria and their options."""
 
 
 PRUNE_HELP = {
-    "criterion": "saliency criterion (see `brainsurgeon criteria`)",
+    "criterion": "saliency criterion (see `brainsurgeon criteria`; for --granularity "
+    "neuron|channel|head a unit criterion: l1, l2, activation, apoz, taylor, obd, obd-sd, "
+    "true-damage, dropout-regression, group-obs, random)",
+    "granularity": "element (single weights) or whole units: neuron, channel, head "
+    "(--amount = the fraction of units; add --shrink to cut them out)",
     "samples": "calibration samples",
     "batch_size": "batch size for statistics",
     "amount": "final sparsity in (0, 1)",
@@ -72,7 +76,7 @@ PRUNE_HELP = {
     "group_lasso": "group lasso (rows and columns) penalty while fine-tuning",
     **TARGET_HELP,
 }
-SCORING = ("criterion", "samples", "batch_size")
+SCORING = ("granularity", "criterion", "samples", "batch_size")
 SELECTION = (
     "amount",
     "scheme",
@@ -123,9 +127,11 @@ def choices() -> dict[str, list[str]]:
     """Valid names of the registry-backed fields (shown in --help, checked by the config)."""
     from ..pruning import CRITERIA, SCHEDULES, SELECTORS
     from ..pruning.schedules import SPACINGS
+    from ..structured import UNIT_CRITERIA
 
     return {
-        "criterion": CRITERIA.names(),
+        "criterion": sorted({*CRITERIA.names(), *UNIT_CRITERIA.names()}),
+        "granularity": ["element", "neuron", "channel", "head"],
         "scheme": SELECTORS.names(),
         "schedule": SCHEDULES.names(),
         "spacing": list(SPACINGS),
@@ -140,6 +146,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue an interrupted --out")
     p.add_argument("--force", action="store_true", help="discard an existing --out")
+    p.add_argument(
+        "--shrink",
+        action="store_true",
+        help="with --granularity neuron|channel|head: cut the removed units out at the end "
+        "(OUT is then the smaller dense model; `brainsurgeon shrink` does it later)",
+    )
     add_prune_options(p)
     add_common(p)
     p.set_defaults(func=run)
@@ -205,9 +217,15 @@ def prune_config(args: argparse.Namespace):
     from ..pruning import CRITERIA, PruneConfig
 
     layer_sparsity = _layer_sparsity(args.layer_sparsity)
-    types = (
-        option_types(CRITERIA.get(args.criterion).__init__) if args.criterion in CRITERIA else {}
-    )
+    types = {}
+    if args.granularity != "element":
+        from ..structured import UNIT_CRITERIA
+        from ..structured.api import unit_criterion_name
+
+        name = unit_criterion_name(args.criterion)
+        types = option_types(UNIT_CRITERIA.get(name).__init__) if name in UNIT_CRITERIA else {}
+    elif args.criterion in CRITERIA:
+        types = option_types(CRITERIA.get(args.criterion).__init__)
     return config_from_args(
         PruneConfig,
         args,
@@ -224,6 +242,10 @@ def run(args: argparse.Namespace) -> int:
     from ..training.evaluation import recorded_loss
 
     config = prune_config(args)  # every option is validated before any work or output
+    if args.shrink and config.granularity == "element":
+        raise ConfigError(
+            "--shrink cuts whole units out; prune them with --granularity neuron|channel|head"
+        )
     resolve_loss(args.loss)
     out = Path(args.out)
     check_out_dir(out, resume=args.resume, force=args.force)
@@ -257,17 +279,51 @@ def run(args: argparse.Namespace) -> int:
         callback=_printer(args, config),
     )
     payload = {"run": str(out), "parent": str(source.path), **result.to_dict()}
+    if args.shrink:
+        payload["shrink"] = _shrink_out(source.model, out, data)
     last = result.rounds[-1] if result.rounds else {}
     payload["test_accuracy"] = last.get("accuracy")
     rows = [[name, 100 * s] for name, s in result.sparsity.items()]
     rows.append(["total", 100 * result.total_sparsity])
     text = table(rows, ["tensor", "sparsity %"])
+    if "shrink" in payload:
+        sh = payload["shrink"]
+        text += f"\n\nshrunk: parameters {sh['params_before']:,} -> {sh['params_after']:,}; " + (
+            ", ".join(f"{g} {k}/{n}" for g, (k, n) in sh["units"].items()) or "nothing dead"
+        )
     if last.get("accuracy") is not None:
         text += f"\n\ntest accuracy {100 * last['accuracy']:.2f}%  ->  {out}"
     elif last.get("loss") is not None:
         text += f"\n\ntest loss {last['loss']:.4g}  ->  {out}"
     emit(args, payload, text)
     return 0
+
+
+def _shrink_out(model, out: Path, data) -> dict[str, Any]:
+    """Cut the dead units out of the finished run at ``out`` and save it in place (its
+    rounds/ kept); returns what was removed."""
+    import os
+    import shutil
+
+    from .. import runs
+    from ..structured.api import shrink_model
+
+    result = shrink_model(model)
+    cfg = runs.read_config(out)
+    cfg.setdefault("history", []).append({"step": "shrink", "units": result.units})
+    metrics = json.loads((out / runs.METRICS_FILE).read_text())
+    tmp = out.with_name(f".{out.name}.shrunk")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    keep = {k: v for k, v in cfg.items() if k not in ("model", "edits", "parametrizations")}
+    runs.save(model, tmp, config=keep, metrics=metrics)
+    if (out / "rounds").exists():
+        os.replace(out / "rounds", tmp / "rounds")
+    old = out.with_name(f".{out.name}.old")
+    os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old)
+    return result.to_dict()
 
 
 def _printer(args: argparse.Namespace, config):

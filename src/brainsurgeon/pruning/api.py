@@ -79,6 +79,7 @@ class PrunePlan:
     loss_fn: LossFn
     parameters: int = 0
     left_dense: dict[str, str] = field(default_factory=dict)
+    groups: list | None = None  # structured pruning: the unit groups (criterion scores units)
 
 
 def saliency(
@@ -167,6 +168,8 @@ def plan_prune(
 ) -> PrunePlan:
     """Validate ``config`` against ``model`` and ``data`` and plan the rounds; no side effects."""
     config = config or PruneConfig()
+    if config.granularity != "element":
+        return _plan_units(model, config, data, loss)
     crit = make_criterion(config.criterion, **config.criterion_options)
     if config.needs_data and data is None:
         tunes = config.finetune_epochs or config.final_finetune_epochs
@@ -206,8 +209,35 @@ def prune_rounds(
     round's record when it is complete. Every random choice of round ``r`` is seeded from
     ``seed + r``, so rounds ``k..R`` after a restored round ``k - 1`` end where an
     uninterrupted run does."""
+    if prepared.groups is not None:
+        from ..structured.api import unit_round as round_fn
+    else:
+        round_fn = _round
     for r in range(start, len(prepared.sparsities) + 1):
-        yield _round(model, prepared, r, data, device, progress)
+        yield round_fn(model, prepared, r, data, device, progress)
+
+
+def _plan_units(model: nn.Module, config: PruneConfig, data, loss) -> PrunePlan:
+    """The plan of a structured prune: unit groups, a unit criterion, the round fractions."""
+    from ..structured.api import group_targets, unit_criterion_name, unit_groups
+    from ..structured.scores import make_unit_criterion
+
+    crit = make_unit_criterion(unit_criterion_name(config.criterion), **config.criterion_options)
+    if (crit.needs_data or config.finetune_epochs) and data is None:
+        raise ConfigError(
+            f"structured pruning by {config.criterion!r} (or fine-tuning) needs data; pass data=..."
+        )
+    if data is not None:
+        loss = task_loss(loss, as_dataset(data, "train"))
+    groups = unit_groups(model, config, data)
+    targets = group_targets(model, groups)
+    sparsities = plan(
+        config.schedule, config.amount, config.rounds, config.initial_amount, config.spacing
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    return PrunePlan(
+        config, crit, targets, sparsities, None, loss, resolve_loss(loss), n_params, {}, groups
+    )
 
 
 def result_of(prepared: PrunePlan, records: list[dict[str, Any]]) -> PruneResult:

@@ -18,6 +18,10 @@ FIXED_SPARSITY_SCHEMES = ("threshold", "nm")  # the sparsity follows from the ru
 class PruneConfig(Config):
     """Options of :func:`brainsurgeon.prune`.
 
+    What to remove: ``granularity`` ``element`` (single weights) or whole units: ``neuron``
+    (Linear outputs), ``channel`` (conv filters), ``head`` (attention heads), scored by a unit
+    criterion (:data:`brainsurgeon.structured.UNIT_CRITERIA`; ``magnitude`` = ``l2``), with
+    ``amount`` the fraction of units removed (``brainsurgeon.shrink`` then cuts them out).
     What to score: ``criterion`` (see ``brainsurgeon criteria``) with ``criterion_options``,
     computed on ``samples`` calibration samples of the training split (``batch_size`` at a
     time). What to select: ``scheme`` (``global | per-layer | class-distribution | threshold |
@@ -43,6 +47,7 @@ class PruneConfig(Config):
 
     criterion: str = "magnitude"
     criterion_options: dict[str, Any] = field(default_factory=dict)
+    granularity: str = "element"
     amount: float = 0.5
     scheme: str = "global"
     schedule: str = "oneshot"
@@ -74,7 +79,17 @@ class PruneConfig(Config):
     group_lasso: float = 0.0
 
     def __post_init__(self) -> None:
-        make_criterion(self.criterion, **self.criterion_options)  # validates name and options
+        if self.granularity == "element":
+            make_criterion(self.criterion, **self.criterion_options)  # validates name, options
+        else:
+            from ..structured.api import check_granularity
+
+            check_granularity(self.granularity, self.criterion, self.criterion_options)
+            if self.scheme not in ("global", "per-layer"):
+                raise ConfigError(
+                    f"structured pruning selects units globally or per layer, not by "
+                    f"{self.scheme!r}; use --scheme global or per-layer"
+                )
         SELECTORS.get(self.scheme)
         SCHEDULES.get(self.schedule)
         if self.scheme not in FIXED_SPARSITY_SCHEMES and self.lam is None:
@@ -111,6 +126,8 @@ class PruneConfig(Config):
             )
 
     def _check_scheme(self) -> None:
+        if self.granularity != "element":
+            return  # unit selection: global or per-layer, checked above
         if issubclass(CRITERIA.get(self.criterion), Solver) and self.scheme not in (
             "global",
             "per-layer",
@@ -142,6 +159,13 @@ class PruneConfig(Config):
 
     @property
     def needs_data(self) -> bool:
+        if self.granularity != "element":
+            from ..structured.api import unit_criterion_name
+            from ..structured.scores import make_unit_criterion
+
+            name = unit_criterion_name(self.criterion)
+            crit = make_unit_criterion(name, **self.criterion_options)
+            return crit.needs_data or self.finetune_epochs > 0 or bool(self.final_finetune_epochs)
         return (
             CRITERIA.get(self.criterion).needs_data
             or self.finetune_epochs > 0

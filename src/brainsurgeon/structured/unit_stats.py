@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, UnsupportedLayerError
 from ..losses import LossFn, checked
+from ..models.adapters import layer_kind
 from .groups import Group, Slice
 
 #: consumer module class -> (feature dim of its input, weight axis that reads the features)
@@ -39,10 +40,10 @@ FEATURE_DIM: dict[type[nn.Module], tuple[int, int]] = {
 
 def feature_dim(module: nn.Module, s: Slice) -> int:
     """The input dim where ``module`` reads ``s``'s units; a clear error where unsupported."""
-    rule = FEATURE_DIM.get(type(module))
+    rule = next((r for cls, r in FEATURE_DIM.items() if isinstance(module, cls)), None)
     if rule is None or s.tensor != "weight" or s.axis != rule[1]:
         raise UnsupportedLayerError(
-            f"consumer {s.module} ({type(module).__name__}, {s.tensor} axis {s.axis}) is not "
+            f"consumer {s.module} ({layer_kind(module)}, {s.tensor} axis {s.axis}) is not "
             f"supported by activation-based unit criteria; supported: "
             f"{', '.join(c.__name__ for c in FEATURE_DIM)} reading weight axis 1"
         )
