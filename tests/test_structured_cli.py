@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
 
 import brainsurgeon as bs
 from brainsurgeon.errors import ConfigError
 from brainsurgeon.structured.api import shrink_model
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
