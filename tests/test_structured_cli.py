@@ -39,7 +39,7 @@ def test_shrink_cuts_the_masked_units_and_keeps_the_outputs(masked, tmp_path):
     assert after.fc1.out_features == 150 and after.fc2.in_features == 150
     assert sum(p.numel() for p in after.parameters()) == payload["params_after"]
     text = run_cli("inspect", str(small), check=True).stdout
-    assert "150x64" in text
+    assert "150x64" in text and "fc1 300 -> 150" in text
 
 
 def test_prune_with_shrink_writes_the_small_model(trained_run, tmp_path):
