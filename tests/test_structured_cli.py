@@ -85,3 +85,17 @@ def test_shrink_model_of_a_dense_model_removes_nothing(digits):
     assert result.units == {} and result.params_before == result.params_after
     with pytest.raises(ConfigError, match="keep at least one"):
         bs.prune(model, bs.PruneConfig(granularity="neuron", amount=0.99), digits, progress=False)
+
+
+def test_group_lasso_training_kills_units_that_pruning_removes(digits):
+    torch.manual_seed(0)
+    model = bs.build_model("mlp:64-32-10", digits.input_shape, digits.num_classes)
+    bs.fit(model, digits, bs.TrainConfig(epochs=15, lr=0.05, group_lasso=1e-2), progress=False)
+    died = int((model.fc1.weight.detach().norm(dim=1) < 1e-3).sum())
+    assert died >= 4  # DropNeuron's penalty drives whole rows to zero
+    before = bs.evaluate(model, digits)["accuracy"]
+    config = bs.PruneConfig(granularity="neuron", criterion="l2", amount=died / 32)
+    bs.prune(model, config, digits, progress=False)
+    result = shrink_model(model)
+    assert result.units["fc1"] == [32 - died, 32]
+    assert bs.evaluate(model, digits)["accuracy"] > before - 0.02

@@ -43,6 +43,8 @@ HELP = {
     "shift": "jitter each training image by up to N pixels per axis (Hinton's teacher: 2)",
     "noise": "add N(0, s^2) input noise while training",
     "max_norm": "cap each unit's incoming weight norm after each step (0 = off; dropout nets: 3-4)",
+    "group_lasso": "DropNeuron group lasso on unit rows and columns (e.g. 1e-2): units die, "
+    "then prune --granularity neuron --shrink removes them",
 }
 FIELDS = tuple(HELP)
 

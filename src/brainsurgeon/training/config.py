@@ -42,7 +42,9 @@ class TrainConfig(TrainOptions):
     N(0, noise^2) (in normalised units); Hinton et al.'s MNIST teacher used a 2-pixel jitter.
     ``max_norm``: after every step, rescale each unit's incoming weight vector (a row of a Linear
     weight, an output filter of a conv) to norm <= ``max_norm`` (Srivastava et al.'s dropout
-    nets; 0 = off).
+    nets; 0 = off). ``group_lasso``: DropNeuron's ``lambda * (sum_i ||W[i,:]|| + sum_j
+    ||W[:,j]||)`` (Pan et al. 2016), which drives whole units to zero: then
+    ``brainsurgeon shrink --tol`` cuts them out.
     """
 
     nesterov: bool = False
@@ -54,8 +56,11 @@ class TrainConfig(TrainOptions):
     shift: int = 0
     noise: float = 0.0
     max_norm: float = 0.0
+    group_lasso: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.group_lasso < 0:
+            raise ConfigError(f"group_lasso must be >= 0, got {self.group_lasso}; e.g. 1e-4")
         if self.epochs < 0:
             raise ConfigError(f"epochs must be >= 0, got {self.epochs}; e.g. --epochs 10")
         if self.batch_size <= 0:

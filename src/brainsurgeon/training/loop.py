@@ -170,6 +170,10 @@ def fit(
     penalties = list(penalties or [])
     if config.l1 or config.l2:
         penalties.append(lp_penalty(config.l1, config.l2))
+    if getattr(config, "group_lasso", 0.0):
+        from ..pruning.regularizers import group_lasso  # pruning imports training
+
+        penalties.append(group_lasso(config.group_lasso))
     opt = make_optimizer(params if params is not None else model.parameters(), config)
     step = (opt, objective, penalties, torch.Generator().manual_seed(config.seed), device)
     history: list[dict[str, Any]] = []
