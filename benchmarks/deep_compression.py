@@ -143,7 +143,7 @@ def run(name: str, args) -> dict:
     table = bs.export(model, path, config=config, index_bits="auto")
     loaded = read(path).model
     file_acc = bs.evaluate(loaded, data)["accuracy"]
-    error = 100 * (1 - file_acc)
+    error = round(100 * (1 - file_acc), 2)  # errors / 10,000: exact to 2 decimals
     say(f"file {path.name}: {table.file_bytes:,} B, {table.ratio:.1f}x, test error {error:.2f}%")
     return {
         "model": name,
