@@ -67,66 +67,39 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+HEADER = (
+    "tensor", "layer", "params", "nonzeros", "positions", "values", "codec", "values B",
+    "index B", "codebook B", "raw B", "total B", "bits/weight", "bits/index",
+)  # fmt: skip
+
+
+def _row(r: dict) -> list:
+    bpw, bpi = r.get("bits_per_weight"), r.get("bits_per_index")
+    codecs = "/".join(sorted(set(r.get("codecs", {}).values()))) or "-"
+    return [
+        r["tensor"], r["kind"], r["params"], r["nonzeros"], r["format"], r["values"], codecs,
+        r["codes"], r["positions"], r["table"], r["other"], r["bytes"],
+        "-" if bpw is None else round(bpw, 2), "-" if bpi is None else round(bpi, 2),
+    ]  # fmt: skip
+
+
 def render(payload: dict, source: Path) -> str:
     """The per-tensor byte table and the totals."""
-    rows = []
-    for r in payload["rows"]:
-        bpw = r.get("bits_per_weight")
-        bpi = r.get("bits_per_index")
-        codecs = "/".join(sorted(set(r.get("codecs", {}).values()))) or "-"
-        rows.append(
-            [
-                r["tensor"],
-                r["kind"],
-                r["params"],
-                r["nonzeros"],
-                r["format"],
-                r["values"],
-                codecs,
-                r["codes"],
-                r["positions"],
-                r["table"],
-                r["other"],
-                r["bytes"],
-                "-" if bpw is None else round(bpw, 2),
-                "-" if bpi is None else round(bpi, 2),
-            ]
-        )
-    header = [
-        "tensor",
-        "layer",
-        "params",
-        "nonzeros",
-        "positions",
-        "values",
-        "codec",
-        "values B",
-        "index B",
-        "codebook B",
-        "raw B",
-        "total B",
-        "bits/weight",
-        "bits/index",
-    ]
-    lines = [table(rows, header)]
-    lines.append(
+    lines = [
+        table([_row(r) for r in payload["rows"]], HEADER),
         f"header {payload['header_bytes']:,} B + framing {payload['framing_bytes']} B "
-        "(magic, version, checksums)"
-    )
-    lines.append(
+        "(magic, version, checksums)",
         f"file {payload['path']}: {payload['file_bytes']:,} bytes on disk; fp32 "
-        f"{payload['fp32_bytes']:,} bytes (4 per parameter) -> {payload['ratio']:.1f}x smaller"
-    )
+        f"{payload['fp32_bytes']:,} bytes (4 per parameter) -> {payload['ratio']:.1f}x smaller",
+    ]
     weights = [r for r in payload["rows"] if r.get("bits_per_weight") is not None]
     if weights:
-        nnz = sum(r["nonzeros"] for r in weights) or 1
-        bpw = 8 * sum(r["codes"] + r["table"] for r in weights) / nnz
-        bpi = 8 * sum(r["positions"] for r in weights) / nnz
         lines.append(
-            f"weights: {bpw:.2f} bits per nonzero weight, {bpi:.2f} bits per index "
-            "(Han et al. LeNet-300-100 after Huffman: 5.1 and 3.7)"
+            f"weights: {payload['bits_per_weight']:.2f} bits per nonzero weight, "
+            f"{payload['bits_per_index']:.2f} bits per index (Han et al. LeNet-300-100 after "
+            "Huffman: 5.1 and 3.7)"
         )
-    if all(r["values"] in ("float32", "raw") or r["values"].startswith("float") for r in weights):
+    if all(r["values"] == "float32" for r in weights):
         lines.append(
             f"note: {source} has no shared or quantized weights; values are stored as fp32"
         )

@@ -283,6 +283,12 @@ def run(args: argparse.Namespace) -> int:
         payload["shrink"] = _shrink_out(source.model, out, data)
     last = result.rounds[-1] if result.rounds else {}
     payload["test_accuracy"] = last.get("accuracy")
+    emit(args, payload, _summary(result, payload, last, out))
+    return 0
+
+
+def _summary(result, payload: dict[str, Any], last: dict[str, Any], out: Path) -> str:
+    """The sparsity table, what shrinking removed, and the final test figure."""
     rows = [[name, 100 * s] for name, s in result.sparsity.items()]
     rows.append(["total", 100 * result.total_sparsity])
     text = table(rows, ["tensor", "sparsity %"])
@@ -295,8 +301,7 @@ def run(args: argparse.Namespace) -> int:
         text += f"\n\ntest accuracy {100 * last['accuracy']:.2f}%  ->  {out}"
     elif last.get("loss") is not None:
         text += f"\n\ntest loss {last['loss']:.4g}  ->  {out}"
-    emit(args, payload, text)
-    return 0
+    return text
 
 
 def _shrink_out(model, out: Path, data) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from ..training.evaluation import task_loss
 from ..utils import preserved_modes, resolve_device
 from .config import PruneConfig
 from .criteria import CRITERIA, Criterion, make_criterion
-from .iterative import evaluate_on, finetune_round, unchanged_on_error
+from .iterative import tune_and_measure, unchanged_on_error
 from .schedules import plan
 from .selection import sparsity, total_sparsity
 from .step import current_masks, make_context, prune_step
@@ -305,22 +305,18 @@ def _round(model, prepared: PrunePlan, r: int, data, device, progress) -> dict[s
         **_chosen(crit),
     }
     if data is not None:
-        before = evaluate_on(model, data, prepared.loss)
-        record["accuracy_pruned"], record["loss_pruned"] = before.get("accuracy"), before["loss"]
-        last = r == len(prepared.sparsities)
-        if config.finetune_config(r, last=last).epochs:
-            record["finetune"] = finetune_round(
+        record.update(
+            tune_and_measure(
                 model,
-                data,
                 config,
                 r,
-                last=last,
+                len(prepared.sparsities),
+                data,
                 loss=prepared.loss,
                 device=device,
                 progress=progress,
-            )
-        ev = evaluate_on(model, data, prepared.loss)
-        record.update(accuracy=ev.get("accuracy"), loss=ev["loss"])
+            )  # fmt: skip
+        )
     record["seconds"] = round(time.perf_counter() - start, 3)
     return record
 

@@ -56,6 +56,24 @@ def finetune_round(
         )
 
 
+def tune_and_measure(
+    model: nn.Module, config: PruneConfig, r: int, rounds: int, data: DataLike, *,
+    loss: LossLike, device, progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """After round ``r`` of ``rounds``: the metrics as pruned, fine-tuning as ``config`` says
+    (the last round's length may differ), the metrics after: the round record's fields."""
+    before = evaluate_on(model, data, loss)
+    out = {"accuracy_pruned": before.get("accuracy"), "loss_pruned": before["loss"]}
+    last = r == rounds
+    if config.finetune_config(r, last=last).epochs:
+        out["finetune"] = finetune_round(
+            model, data, config, r, last=last, loss=loss, device=device, progress=progress
+        )
+    ev = evaluate_on(model, data, loss)
+    out.update(accuracy=ev.get("accuracy"), loss=ev["loss"])
+    return out
+
+
 def evaluate_on(model: nn.Module, data: DataLike, loss: LossLike = None) -> dict[str, Any]:
     """Test-split metrics of ``model`` under the task ``loss``."""
     return evaluate(model, data, split="test", loss=loss)

@@ -93,7 +93,7 @@ def group_targets(model: nn.Module, groups: list[Group]) -> dict[str, tuple[nn.M
 
 def unit_round(model, prepared, r: int, data, device, progress) -> dict[str, Any]:
     """One structured round: score, select the round's fraction, (compensate,) mask, tune."""
-    from ..pruning.iterative import evaluate_on, finetune_round
+    from ..pruning.iterative import tune_and_measure
 
     start = time.perf_counter()
     config = prepared.config
@@ -121,16 +121,18 @@ def unit_round(model, prepared, r: int, data, device, progress) -> dict[str, Any
     record["sparsity"] = removed / max(sum(g.units for g in prepared.groups), 1)
     record["predicted_damage"] = None
     if data is not None:
-        before = evaluate_on(model, data, prepared.loss)
-        record["accuracy_pruned"], record["loss_pruned"] = before.get("accuracy"), before["loss"]
-        last = r == len(prepared.sparsities)
-        if config.finetune_config(r, last=last).epochs:
-            record["finetune"] = finetune_round(
-                model, data, config, r, last=last, loss=prepared.loss, device=device,
+        record.update(
+            tune_and_measure(
+                model,
+                config,
+                r,
+                len(prepared.sparsities),
+                data,
+                loss=prepared.loss,
+                device=device,
                 progress=progress,
             )  # fmt: skip
-        ev = evaluate_on(model, data, prepared.loss)
-        record.update(accuracy=ev.get("accuracy"), loss=ev["loss"])
+        )
     record["seconds"] = round(time.perf_counter() - start, 3)
     return record
 

@@ -167,13 +167,7 @@ def fit(
     loss = task_loss(loss, train_set)
     objective = loss_fn or model_loss(loss)
     model.to(device)
-    penalties = list(penalties or [])
-    if config.l1 or config.l2:
-        penalties.append(lp_penalty(config.l1, config.l2))
-    if getattr(config, "group_lasso", 0.0):
-        from ..pruning.regularizers import group_lasso  # pruning imports training
-
-        penalties.append(group_lasso(config.group_lasso))
+    penalties = [*(penalties or []), *config_penalties(config)]
     opt = make_optimizer(params if params is not None else model.parameters(), config)
     step = (opt, objective, penalties, torch.Generator().manual_seed(config.seed), device)
     history: list[dict[str, Any]] = []
@@ -195,6 +189,18 @@ def fit(
     best.restore(model)
     model.eval()
     return history
+
+
+def config_penalties(config: TrainConfig) -> list[Penalty]:
+    """The penalties ``config`` asks for: ``l1`` / ``l2`` and DropNeuron's ``group_lasso``."""
+    out = []
+    if config.l1 or config.l2:
+        out.append(lp_penalty(config.l1, config.l2))
+    if getattr(config, "group_lasso", 0.0):
+        from ..pruning.regularizers import group_lasso  # pruning imports training
+
+        out.append(group_lasso(config.group_lasso))
+    return out
 
 
 def _splits(data: DataLike, val: DataLike | None, config: TrainConfig):
