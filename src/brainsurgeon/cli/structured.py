@@ -27,6 +27,11 @@ examples:
   brainsurgeon shrink runs/lenet-n50 --out runs/lenet-n50-small
   brainsurgeon inspect runs/lenet-n50-small                    # the new widths"""
 
+DROP_EPILOG = """\
+examples:
+  brainsurgeon drop runs/resnet8 --blocks 1 --out runs/resnet8-d1
+  brainsurgeon drop runs/encoder --blocks 2 --finetune-epochs 2 --out runs/encoder-d2"""
+
 MERGE_EPILOG = """\
 examples:
   brainsurgeon merge runs/lenet --amount 0.5 --out runs/lenet-merged
@@ -43,6 +48,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite --out")
     add_common(p, seed=False)
     p.set_defaults(func=run_shrink)
+    d = add_command(sub, "drop", "remove whole residual blocks or transformer layers",
+                    __doc__, DROP_EPILOG)  # fmt: skip
+    d.add_argument("run", help="run directory")
+    d.add_argument("--out", required=True, help="output run directory")
+    d.add_argument("--blocks", type=int, required=True, help="how many blocks to remove")
+    d.add_argument("--samples", type=int, default=1000, help="calibration samples")
+    d.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune afterwards")
+    d.add_argument("--force", action="store_true", help="overwrite --out")
+    add_common(d)
+    d.set_defaults(func=run_drop)
     m = add_command(sub, "merge", "remove hidden neurons by merging them into others", __doc__,
                     MERGE_EPILOG)  # fmt: skip
     m.add_argument("run", help="run directory of an MLP (Linear -> ReLU -> Linear)")
@@ -88,6 +103,36 @@ def run_shrink(args: argparse.Namespace) -> int:
         text += "\nnothing was dead: prune with --granularity neuron|channel|head first"
     text += "".join(f"\nnote: {n}" for n in result.notes)
     emit(args, payload, text)
+    return 0
+
+
+def run_drop(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError, check_positive_int
+    from ..pipeline import FinetuneConfig, finetune, save_child
+    from ..structured import block_damage, drop_blocks
+
+    check_positive_int("--blocks", args.blocks)
+    out = check_out(args.out, args.force)
+    source = open_run(args)
+    data = source.data()
+    damage = block_damage(source.model, data, samples=args.samples, seed=args.seed)
+    if args.blocks >= len(damage):
+        raise ConfigError(
+            f"--blocks {args.blocks}: the model has {len(damage)} removable blocks "
+            f"({', '.join(damage) or 'none'}); remove fewer"
+        )
+    chosen = sorted(damage, key=damage.get)[: args.blocks]
+    before = sum(p.numel() for p in source.model.parameters())
+    drop_blocks(source.model, chosen)
+    tune = FinetuneConfig(epochs=args.finetune_epochs, seed=args.seed)
+    finetune(source.model, data, tune, device=args.device, progress=not args.quiet)
+    step = {"step": "drop", "blocks": chosen, "damage": {b: damage[b] for b in chosen}}
+    save_child(source.model, source, out, step=step, data=data, force=args.force)
+    after = sum(p.numel() for p in source.model.parameters())
+    rows = [[b, round(d, 5), "dropped" if b in chosen else "kept"] for b, d in damage.items()]
+    text = table(rows, ["block", "measured damage", ""])
+    text += f"\nparameters {before:,} -> {after:,}; wrote {out}"
+    emit(args, {"run": str(out), "damage": damage, "dropped": chosen}, text)
     return 0
 
 

@@ -2,6 +2,7 @@
 masks, merging and the surgery that makes a model physically smaller."""
 
 from .attention import SlimMultiheadAttention
+from .blocks import Block, block_damage, drop_blocks, find_blocks
 from .graph import find_groups
 from .groups import GRANULARITIES, Group, Slice, tensor_of
 from .masks import apply_unit_mask
@@ -19,6 +20,10 @@ from .unit_selection import mlp_groups, select_units
 
 __all__ = [
     "GRANULARITIES",
+    "Block",
+    "block_damage",
+    "drop_blocks",
+    "find_blocks",
     "UNIT_CRITERIA",
     "Group",
     "MergeResult",
