@@ -43,7 +43,7 @@ CASES = {
         "prune": {
             "granularity": "neuron",
             "criterion": "group-obs",
-            "amount": 0.8,
+            "amount": 0.85,
             "scheme": "per-layer",
             "schedule": "iterative",
             "rounds": 4,
@@ -52,6 +52,7 @@ CASES = {
             "finetune_schedule": "cosine",
             "final_finetune_epochs": 10,
         },
+        "distill": {"epochs": 15, "lr": 0.01, "temperature": 2.0, "alpha": 0.9},
         "target": {"latency_b1_speedup": 3.0, "max_loss_points": 0.5},
     },
     "resnet8": {
@@ -155,6 +156,12 @@ def one_case(name: str, quick: bool) -> dict:
     start = time.perf_counter()
     bs.prune(model, bs.PruneConfig(**prune), data, progress=False)
     shrunk = shrink_model(model)
+    distilled = None
+    if case.get("distill") and not quick:  # recover accuracy from the dense model
+        pruned_acc = bs.evaluate(model, data)["accuracy"]
+        d = bs.DistillConfig(**case["distill"], transfer="train", shift=0, noise=0.0)
+        bs.distill(dense, model, d, data, progress=False)
+        distilled = {"options": case["distill"], "accuracy_before": pruned_acc}
     seconds = time.perf_counter() - start
     after = measure(model, data)
     lat = latency_pair(dense, model, data.input_shape)
@@ -166,6 +173,7 @@ def one_case(name: str, quick: bool) -> dict:
         "before": before,
         "after": after,
         "units": shrunk.units,
+        "distilled_from_dense": distilled,
         "accuracy_loss_points": round(loss, 2),
         "param_reduction": before["params"] / after["params"],
         "flop_reduction": before["flops"] / after["flops"],
