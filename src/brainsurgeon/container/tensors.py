@@ -57,7 +57,6 @@ class Entries:
     pos: np.ndarray
     zero: np.ndarray
     streams: dict[str, tuple[np.ndarray, int]]
-    raw: dict[str, bytes]
     est: float
     width: int | None = None
 
@@ -76,13 +75,13 @@ def position_formats(nonzero: np.ndarray, widths: list[int]) -> list[Entries]:
     """Candidate position formats for the flat ``nonzero (n,)`` mask."""
     n = nonzero.size
     nz = np.flatnonzero(nonzero)
-    out = [Entries("dense", np.arange(n), ~nonzero, {}, {}, 0.0)]
-    out.append(Entries("bitmask", nz, np.zeros(nz.size, bool), {}, {"mask": b""}, math.ceil(n / 8)))
+    out = [Entries("dense", np.arange(n), ~nonzero, {}, 0.0)]
+    out.append(Entries("bitmask", nz, np.zeros(nz.size, bool), {}, math.ceil(n / 8)))
     for w in widths:
         gaps, filler = gap_encode(nonzero, w)
         pos = gap_decode(gaps, n)
         est = stream_estimate(gaps.astype(np.int64), 2**w)
-        out.append(Entries("csr", pos, filler, {"gaps": (gaps, 2**w)}, {}, est, w))
+        out.append(Entries("csr", pos, filler, {"gaps": (gaps, 2**w)}, est, w))
     return out
 
 
