@@ -64,22 +64,14 @@ def inspect_payload(r, *, latency: bool, sram: str | None, example=None) -> dict
         payload["latency"] = measure_latency(r.model, source)
     if "test_accuracy" in r.metrics:
         payload["test_accuracy"] = r.metrics["test_accuracy"]
+    from ..structured.api import structured_widths
+
     widths = structured_widths(r.config.get("history", []))
     if widths:
         payload["widths"] = widths
     payload["file"] = file_table(r)
     payload["file_layers"] = layer_bytes(payload["file"])
     return payload
-
-
-def structured_widths(history: list) -> dict[str, list[int]]:
-    """``{layer: [units at first, units now]}`` from the shrink / merge steps of a history."""
-    widths: dict[str, list[int]] = {}
-    for step in history:
-        units = step.get("units") if isinstance(step, dict) else None
-        for name, (kept, before) in (units or {}).items():
-            widths[name] = [widths.get(name, [before])[0], kept]
-    return widths
 
 
 def _energy(model, shape, sram):

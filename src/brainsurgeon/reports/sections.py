@@ -12,6 +12,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from ..structured.api import structured_widths
 from ..training import describe, headline
 
 HISTORY_KEYS = (
@@ -51,6 +52,10 @@ def overview(run, totals, file, after, prior, lat, energy) -> str:
         ),
         ("FLOPs / sample", f"{totals['flops']:,} dense, {totals['nonzero_flops']:,} nonzero"),
     ]
+    widths = structured_widths(run.config.get("history", []))
+    if widths:
+        shown = ", ".join(f"{n} {a} -> {b}" for n, (a, b) in widths.items())
+        rows.append(("units removed (shrink, merge)", shown))
     metric = headline(after or prior)[0] if (after or prior) else "accuracy"
     if prior is not None:
         rows.append((f"test {metric} before", accuracy_text(prior)))

@@ -178,3 +178,13 @@ def shrink_model(model: nn.Module, example=None, *, tol: float = 0.0) -> ShrinkR
     after = sum(p.numel() for p in model.parameters())
     units = {g.name: [int(k.sum()), g.units] for g, k in chosen.items()}
     return ShrinkResult(units, before, after, notes)
+
+
+def structured_widths(history: list) -> dict[str, list[int]]:
+    """``{layer: [units at first, units now]}`` from the shrink / merge steps of a history."""
+    widths: dict[str, list[int]] = {}
+    for step in history:
+        units = step.get("units") if isinstance(step, dict) else None
+        for name, (kept, before) in (units or {}).items():
+            widths[name] = [widths.get(name, [before])[0], kept]
+    return widths
