@@ -66,6 +66,11 @@ def test_bad_run_directories(tmp_path, trained_run):
     bad = tmp_path / "bad"
     shutil.copytree(trained_run, bad)
     (bad / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(RunDirError, match="replaced or damaged"):  # the recorded sha256
+        runs.load(bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    del cfg["weights_sha256"]  # a run written before checksums: the parse still fails clearly
+    (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(RunDirError, match="model.safetensors is corrupt"):
         runs.load(bad)
     (bad / "config.json").write_text("{not json")
@@ -90,3 +95,17 @@ def test_run_data_uses_recorded_normalisation(trained_run):
     child = run.child_config({"step": "prune"})
     assert child["history"][-1]["step"] == "prune" and "parent" in child["history"][-1]
     assert run.config["history"][-1]["step"] == "train"
+
+
+def test_weights_of_another_model_are_refused_by_checksum(tmp_path, digits):
+    from brainsurgeon import runs
+    from brainsurgeon.errors import RunDirError
+    from brainsurgeon.models import build_model
+
+    torch.manual_seed(0)
+    a = runs.save(build_model("mlp:64-8-10", digits.input_shape, 10), tmp_path / "a")
+    b = runs.save(build_model("mlp:64-8-10", digits.input_shape, 10), tmp_path / "b")
+    (a / runs.MODEL_FILE).write_bytes((b / runs.MODEL_FILE).read_bytes())  # same shapes
+    with pytest.raises(RunDirError, match="checksum"):
+        runs.load_run(a)
+    assert runs.load_run(b).config["weights_sha256"]

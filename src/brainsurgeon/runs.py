@@ -9,7 +9,8 @@
      "edits": [...],             # architecture edits replayed before loading (factorize, ...)
      "parametrizations": [...],  # masks / quantizers re-created before loading
      "compression": {...},       # what each technique records about itself
-     "history": [...]}           # the steps that made this run, in order
+     "history": [...],           # the steps that made this run, in order
+     "weights_sha256": "..."}    # of model.safetensors; a mismatch is refused on load
 
 ``load`` rebuilds the model from the spec, replays edits, re-creates parametrizations and
 loads the tensors with ``safetensors``; every failure is a :class:`RunDirError` naming the fix.
@@ -102,6 +103,7 @@ def save(
     path = Path(path)
     with atomic_dir(path, force=force) as tmp:
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
+        cfg["weights_sha256"] = _sha256(tmp / MODEL_FILE)
         write_json(tmp / CONFIG_FILE, _ordered(cfg))
         write_json(tmp / METRICS_FILE, metrics or {})
         for name, content in (files or {}).items():
@@ -189,6 +191,13 @@ def _load_dir(path: Path) -> Run:
     weights = path / MODEL_FILE
     if not weights.exists():
         raise RunDirError(f"{path} has no {MODEL_FILE}; the run is incomplete, re-create it")
+    expected = cfg.get("weights_sha256")
+    if expected is not None and _sha256(weights) != expected:
+        raise RunDirError(
+            f"{weights} does not match the checksum recorded in {CONFIG_FILE}: the weights were "
+            "replaced or damaged (corrupt); restore the run's own model.safetensors or "
+            "re-create the run"
+        )
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
@@ -227,6 +236,16 @@ def load(
     """Rebuild the model of a run directory (with its compression state) or of a ``.bsc``
     file (baked, ready for inference) on ``device``; see :func:`load_run`."""
     return load_run(path, device=device, inference=inference, runtime=runtime).model
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _ordered(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,10 @@ from .tensors import AUTO_WIDTHS, encode_raw, encode_weight
 
 FORMAT = "brainsurgeon-compressed"
 _TABLE_FIELDS = ("file_bytes", "fp32_bytes", "rows", "header_bytes")
-_NOT_RUN = ("parametrizations", "format", "format_version", "model", "edits", "versions", "baked")
+_NOT_RUN = (
+    "parametrizations", "format", "format_version", "model", "edits", "versions", "baked",
+    "weights_sha256",
+)  # fmt: skip
 
 
 ExportResult = ByteTable  # what export returns: the written file's byte table
