@@ -160,3 +160,8 @@ def test_mnist_unpickler_refuses_code():
         _NumpyOnlyUnpickler(io.BytesIO(payload)).load()
     arr = np.arange(6, dtype=np.float32).reshape(2, 3)
     assert np.array_equal(_NumpyOnlyUnpickler(io.BytesIO(pickle.dumps((arr, arr)))).load()[0], arr)
+
+
+def test_a_deleted_data_file_is_reported_as_missing(tmp_path):
+    with pytest.raises(DataError, match="data file not found: .*gone.npz"):
+        load_data(str(tmp_path / "gone.npz"), progress=False)

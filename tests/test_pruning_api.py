@@ -288,3 +288,13 @@ def test_final_round_fine_tunes_longer_with_the_chosen_schedule(small, digits):
     assert config.finetune_config(3, last=True).train_config().weight_decay == 1e-4
     with pytest.raises(ConfigError, match="unknown fine-tuning schedule 'linear'"):
         PruneConfig(finetune_schedule="linear")
+
+
+def test_nan_weights_are_refused_before_pruning(small, digits):
+    from brainsurgeon.errors import NumericalError
+
+    model = copy.deepcopy(small)
+    with torch.no_grad():
+        model.fc1.weight[0, 0] = float("inf")
+    with pytest.raises(NumericalError, match="fc1.weight holds 1 NaN or infinite"):
+        prune(model, PruneConfig(amount=0.5), digits, progress=False)

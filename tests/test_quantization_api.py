@@ -260,3 +260,12 @@ def test_runs_written_with_the_one_config_for_all_still_load(method):
     assert config.bits == record["bits"]
     with pytest.raises(ConfigError, match="already quantized"):
         quantize(run.model, config)
+
+
+def test_nan_weights_are_refused_before_quantizing():
+    model = _mlp()
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    with pytest.raises(NumericalError, match=r"0.weight holds 1 NaN or infinite"):
+        quantize(model, quant_config("kmeans", bits=2), _regression(), progress=False)
+    assert _untouched(model)

@@ -109,3 +109,20 @@ def test_weights_of_another_model_are_refused_by_checksum(tmp_path, digits):
     with pytest.raises(RunDirError, match="checksum"):
         runs.load_run(a)
     assert runs.load_run(b).config["weights_sha256"]
+
+
+def test_a_bogus_parametrization_record_is_named(tmp_path, digits):
+    from brainsurgeon.pruning.masks import set_mask
+
+    model = build_model("mlp:64-8-10", digits.input_shape, 10)
+    set_mask(model.fc1, "weight", torch.ones_like(model.fc1.weight, dtype=torch.bool))
+    path = runs.save(model, tmp_path / "r")
+    cfg = json.loads((path / runs.CONFIG_FILE).read_text())
+    cfg["parametrizations"][0].pop("module")
+    (path / runs.CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(RunDirError, match=r"parametrizations\[0\] in the run config is malformed"):
+        runs.load_run(path)
+    cfg["parametrizations"][0]["module"] = "fc9"
+    (path / runs.CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(RunDirError, match="names module 'fc9'"):
+        runs.load_run(path)

@@ -115,13 +115,34 @@ def restore(model: nn.Module, records: list[dict[str, Any]]) -> None:
     """Re-create the parametrizations described by ``records`` (values come from state_dict)."""
     if records:
         import_plugins()
-    for rec in records:
-        module = model.get_submodule(rec["module"])
+    for i, rec in enumerate(records):
+        _check_record(rec, i)
+        try:
+            module = model.get_submodule(rec["module"])
+        except AttributeError:
+            raise RunDirError(
+                f"parametrizations[{i}] names module {rec['module']!r}, which the model does "
+                "not have; the run config was edited or belongs to another model"
+            ) from None
         for item in rec["chain"]:
             cls = PARAMETRIZATIONS.get(item["kind"])
             original = getattr(module, rec["tensor"])
             param = cls.from_config(item["config"], original.detach())
             parametrize.register_parametrization(module, rec["tensor"], param, unsafe=True)
+
+
+def _check_record(rec: Any, i: int) -> None:
+    """A parametrization record has ``module``, ``tensor`` and a ``chain`` of ``kind`` s."""
+    fields = ("module", "tensor", "chain")
+    ok = isinstance(rec, dict) and all(k in rec for k in fields)
+    ok = ok and isinstance(rec["chain"], list)
+    ok = ok and all(isinstance(c, dict) and "kind" in c and "config" in c for c in rec["chain"])
+    if not ok:
+        raise RunDirError(
+            f"parametrizations[{i}] in the run config is malformed (expected {{'module', "
+            f"'tensor', 'chain': [{{'kind', 'config'}}]}}, got {str(rec)[:80]}); the run "
+            "config was edited by hand or is damaged"
+        )
 
 
 def apply_edits(model: nn.Module, records: list[dict[str, Any]]) -> None:

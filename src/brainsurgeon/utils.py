@@ -95,3 +95,16 @@ class preserved_modes:
     def __exit__(self, *exc: object) -> None:
         for module, flag in self.flags:
             module.training = flag
+
+
+def require_finite(name: str, tensor: torch.Tensor, action: str) -> None:
+    """A :class:`NumericalError` naming ``name`` when ``tensor`` holds NaN or inf values."""
+    from .errors import NumericalError
+
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise NumericalError(
+            f"{name} holds {bad} NaN or infinite weight(s); {action} would write a broken "
+            "model. The run is damaged or diverged: retrain it (lower the learning rate) or "
+            "start from an earlier run"
+        )

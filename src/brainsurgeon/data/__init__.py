@@ -92,6 +92,11 @@ def _arrays(name: str, *, seed: int, val_size: int | None, progress: bool):
         path = fetch_mnist(progress=progress)
         return dict(np.load(path)), {"name": "mnist"}
     path = Path(name).expanduser()
+    if not path.exists() and (path.suffix == ".npz" or len(path.parts) > 1):
+        raise DataError(
+            f"data file not found: {path} (it was moved or deleted?); pass the path of an .npz "
+            "file or an MNIST IDX folder, or a built-in name: " + ", ".join(BUILTIN)
+        )
     if not path.exists():
         raise DataError(
             f"unknown data set {name!r}; valid: {', '.join(BUILTIN)}, a folder "

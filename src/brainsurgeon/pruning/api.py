@@ -25,7 +25,7 @@ from ..losses import LossFn, LossLike, resolve_loss
 from ..models.adapters import Targets, compressible, left_dense, supported_types
 from ..models.adapters.tensors import layout_rule
 from ..training.evaluation import task_loss
-from ..utils import preserved_modes, resolve_device
+from ..utils import preserved_modes, require_finite, resolve_device
 from .config import PruneConfig
 from .criteria import CRITERIA, Criterion, make_criterion
 from .iterative import tune_and_measure, unchanged_on_error
@@ -185,6 +185,8 @@ def plan_prune(
         layers=config.layers,
         exclude=config.exclude,
     )
+    for name, (module, tensor) in targets.items():
+        require_finite(name, getattr(module, tensor), "pruning")
     sparsities = plan(
         config.schedule, config.amount, config.rounds, config.initial_amount, config.spacing
     )

@@ -25,7 +25,7 @@ from ..models.adapters import compressible
 from ..pruning.masks import find_mask
 from ..state import parametrizations_of
 from ..training import TrainConfig, fit
-from ..utils import preserved_modes, resolve_device
+from ..utils import preserved_modes, require_finite, resolve_device
 from .accounting import report
 from .base import QuantParametrization
 from .config import QuantBase, key_matches
@@ -171,6 +171,7 @@ def plan(
                 f"{name} is already quantized; start from the float run or call "
                 "brainsurgeon.make_permanent(model) first"
             )
+        require_finite(name, getattr(module, tensor), "quantizing")
         mask = find_mask(module, tensor)
         keep = None if mask is None else mask.mask.clone()
         owner = name[: -len(tensor) - 1] if name != tensor else ""
