@@ -217,3 +217,24 @@ def test_cli_export_prints_the_byte_table_and_evaluate_reads_the_file(trained_ru
     bad = run_cli("evaluate", str(out))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_any_flip_or_truncation_is_refused_never_a_wrong_model(good_file, tmp_path):
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=60, deadline=None, derandomize=True)
+    @hypothesis.given(st.integers(0, len(good_file) - 1), st.integers(1, 255), st.booleans())
+    def check(i, bit, cut):
+        data = (
+            good_file[:i]
+            if cut
+            else good_file[:i] + bytes([good_file[i] ^ bit]) + good_file[i + 1 :]
+        )
+        path = tmp_path / "fuzz.bsc"
+        path.write_bytes(data)
+        with pytest.raises(CompressedFileError) as info:
+            read(path)
+        assert "\n" not in str(info.value)
+
+    check()
