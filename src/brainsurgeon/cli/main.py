@@ -41,6 +41,7 @@ typical session:
   brainsurgeon prune runs/lenet --criterion obd-sd --amount 0.9 --schedule iterative \\
       --rounds 5 --finetune-epochs 2 --out runs/lenet-pruned
   brainsurgeon inspect runs/lenet-pruned
+  brainsurgeon export runs/lenet-pruned --out lenet.bsc     # one compressed file
   brainsurgeon report runs/lenet-pruned
 
 Every command accepts --json (one JSON document on stdout). Errors exit with code 2.
