@@ -140,7 +140,11 @@ def choices() -> dict[str, list[str]]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
-        sub, "prune", "prune a run's weights (or whole neurons, channels, heads)", __doc__, PRUNE_EPILOG
+        sub,
+        "prune",
+        "prune a run's weights (or whole neurons, channels, heads)",
+        __doc__,
+        PRUNE_EPILOG,
     )
     p.add_argument("run", help="run directory to prune")
     p.add_argument("--out", required=True, help="run directory to write")
