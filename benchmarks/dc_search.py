@@ -271,7 +271,9 @@ def cmd_prune(args, data) -> None:
         res = bs.prune(model, pc, data, device="cpu", progress=False)
         before = bs.evaluate(model, data, split="test")["accuracy"]
         epochs = args.ft_epochs_last if (r == args.rounds and args.ft_epochs_last) else args.ft_epochs
-        rcfg = dataclasses.replace(cfg, epochs=epochs, seed=args.seed + r)
+        last = r == args.rounds
+        lr = args.ft_lr_last if (last and args.ft_lr_last) else cfg.lr
+        rcfg = dataclasses.replace(cfg, epochs=epochs, lr=lr, seed=args.seed + r)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed + r)
             with _adjusted_dropout(model, args.adjust_dropout):
@@ -287,7 +289,7 @@ def cmd_prune(args, data) -> None:
     row = {"tag": args.tag, "model": model_name, "dense": args.dense, "criterion": args.criterion,
            "amount": args.amount, "layer_sparsity": final_layers, "rounds": args.rounds,
            "spacing": args.spacing, "finetune": cfg.to_dict(),
-           "finetune_epochs_last": args.ft_epochs_last, "adjust_dropout": args.adjust_dropout,
+           "finetune_epochs_last": args.ft_epochs_last, "finetune_lr_last": args.ft_lr_last, "adjust_dropout": args.adjust_dropout,
            **accs(model, data), "per_round": rounds,
            "layer_kept": {l["layer"]: l["kept"] for l in size["layers"]},
            "seconds": round(secs, 1)}
@@ -327,9 +329,20 @@ def cmd_quant(args, data) -> None:
     append_row("quant", row)
 
 
+def cmd_table(args, data=None) -> None:
+    """Print the results as a compact markdown table."""
+    doc = json.loads(RESULTS.read_text())
+    print("| step | tag | test err % | val acc | ratio | bytes | s |")
+    print("|---|---|---|---|---|---|---|")
+    for kind in ("dense", "prune", "quant"):
+        for r in doc.get(kind, []):
+            print(f"| {kind} | {r['tag']} | {r['test_err_pct']} | {r['val_acc']:.4f} | "
+                  f"{r.get('ratio', '')} | {r.get('compressed_bytes', '')} | {r['seconds']} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["dense", "prune", "quant"])
+    p.add_argument("step", choices=["dense", "prune", "quant", "table"])
     p.add_argument("--model", default="lenet300")
     p.add_argument("--tag", default="")
     p.add_argument("--seed", type=int, default=0)
@@ -352,6 +365,7 @@ def main(argv=None) -> int:
     p.add_argument("--spacing", default="geometric")
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--ft_epochs_last", type=int, default=0, help="epochs of the last round")
+    p.add_argument("--ft_lr_last", type=float, default=0.0, help="lr of the last round")
     p.add_argument("--adjust_dropout", type=int, default=1)
     p.add_argument("--pruned", default="")
     p.add_argument("--bits", type=int, default=5)
@@ -362,6 +376,9 @@ def main(argv=None) -> int:
     p.add_argument("--q_schedule", default="cosine")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.step == "table":
+        cmd_table(args)
+        return 0
     data = bs.data.load_data("mnist", progress=False)
     {"dense": cmd_dense, "prune": cmd_prune, "quant": cmd_quant}[args.step](args, data)
     return 0
