@@ -332,11 +332,14 @@ def cmd_quant(args, data) -> None:
 def cmd_table(args, data=None) -> None:
     """Print the results as a compact markdown table."""
     doc = json.loads(RESULTS.read_text())
-    print("| step | tag | test err % | val acc | ratio | bytes | s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| step | tag | sparsity | test err % (before centroid FT) | val acc | ratio | bytes | s |")
+    print("|---|---|---|---|---|---|---|---|")
     for kind in ("dense", "prune", "quant"):
         for r in doc.get(kind, []):
-            print(f"| {kind} | {r['tag']} | {r['test_err_pct']} | {r['val_acc']:.4f} | "
+            sp = r.get("amount", "")
+            before = r.get("before_finetune", {}).get("test_err_pct")
+            err = f"{r['test_err_pct']}" + (f" ({before})" if before is not None else "")
+            print(f"| {kind} | {r['tag']} | {sp} | {err} | {r['val_acc']:.4f} | "
                   f"{r.get('ratio', '')} | {r.get('compressed_bytes', '')} | {r['seconds']} |")
 
 
