@@ -122,8 +122,10 @@ def compressed_size(model, *, fc_field_bits: int = 5, conv_field_bits: int = 8) 
     (one layout bit per layer, neglected)."""
     row = _compressed_size(model, fc_field_bits, conv_field_bits, False)
     col = _compressed_size(model, fc_field_bits, conv_field_bits, True)
-    best = [{**r, "layout": "csr"} if r["bytes"] <= c["bytes"] else {**c, "layout": "csc"}
-            for r, c in zip(row["layers"], col["layers"])]
+    best = [
+        {**r, "layout": "csr"} if r["bytes"] <= c["bytes"] else {**c, "layout": "csc"}
+        for r, c in zip(row["layers"], col["layers"], strict=True)
+    ]
     extra = row["bytes_total"] - sum(r["bytes"] for r in row["layers"])
     return {
         "bytes": round(extra + sum(b["bytes"] for b in best)),
@@ -231,17 +233,31 @@ def train_config(args, prefix: str = "") -> bs.TrainConfig:
 
 def cmd_dense(args, data) -> None:
     torch.manual_seed(args.seed)
-    model = bs.build_model(args.model, data.input_shape, data.num_classes,
-                           {"dropout": args.dropout} if args.dropout else None)
+    model = bs.build_model(
+        args.model,
+        data.input_shape,
+        data.num_classes,
+        {"dropout": args.dropout} if args.dropout else None,
+    )
     cfg = train_config(args)
     t0 = time.perf_counter()
     hist = bs.fit(model, data, cfg, progress=False, callback=lambda r: log(f"{args.tag} {r}"))
     secs = time.perf_counter() - t0
-    bs.save(model, RUNS / args.tag, config={"data": data.spec, "history": [{"step": "train"}]},
-            force=True)
-    row = {"tag": args.tag, "model": args.model, "dropout": args.dropout, "train": cfg.to_dict(),
-           **accs(model, data), "val_curve": [h.get("val_accuracy") for h in hist],
-           "seconds": round(secs, 1)}
+    bs.save(
+        model,
+        RUNS / args.tag,
+        config={"data": data.spec, "history": [{"step": "train"}]},
+        force=True,
+    )
+    row = {
+        "tag": args.tag,
+        "model": args.model,
+        "dropout": args.dropout,
+        "train": cfg.to_dict(),
+        **accs(model, data),
+        "val_curve": [h.get("val_accuracy") for h in hist],
+        "seconds": round(secs, 1),
+    }
     log(json.dumps({k: row[k] for k in ("tag", "test_acc", "val_acc", "seconds")}))
     append_row("dense", row)
 
@@ -261,16 +277,27 @@ def cmd_prune(args, data) -> None:
     for r in range(1, args.rounds + 1):
         s = geometric_sparsity(r, args.amount, args.rounds, args.spacing)
         if final_layers:  # per-layer targets, each geometric in its own final kept fraction
-            layers = {k: geometric_sparsity(r, v, args.rounds, args.spacing)
-                      for k, v in final_layers.items()}
-            pc = bs.PruneConfig(criterion=args.criterion, amount=s, scheme="per-layer",
-                                layer_sparsity=layers, samples=args.samples, seed=args.seed + r)
+            layers = {
+                k: geometric_sparsity(r, v, args.rounds, args.spacing)
+                for k, v in final_layers.items()
+            }
+            pc = bs.PruneConfig(
+                criterion=args.criterion,
+                amount=s,
+                scheme="per-layer",
+                layer_sparsity=layers,
+                samples=args.samples,
+                seed=args.seed + r,
+            )
         else:
-            pc = bs.PruneConfig(criterion=args.criterion, amount=s, samples=args.samples,
-                                seed=args.seed + r)
+            pc = bs.PruneConfig(
+                criterion=args.criterion, amount=s, samples=args.samples, seed=args.seed + r
+            )
         res = bs.prune(model, pc, data, device="cpu", progress=False)
         before = bs.evaluate(model, data, split="test")["accuracy"]
-        epochs = args.ft_epochs_last if (r == args.rounds and args.ft_epochs_last) else args.ft_epochs
+        epochs = (
+            args.ft_epochs_last if (r == args.rounds and args.ft_epochs_last) else args.ft_epochs
+        )
         last = r == args.rounds
         lr = args.ft_lr_last if (last and args.ft_lr_last) else cfg.lr
         rcfg = dataclasses.replace(cfg, epochs=epochs, lr=lr, seed=args.seed + r)
@@ -278,21 +305,41 @@ def cmd_prune(args, data) -> None:
             torch.manual_seed(args.seed + r)
             with _adjusted_dropout(model, args.adjust_dropout):
                 bs.fit(model, data, rcfg, progress=False)
-        rec = {"round": r, "sparsity": round(res.total_sparsity, 4), "acc_pruned": before,
-               **accs(model, data), "t": round(time.perf_counter() - t0, 1)}
+        rec = {
+            "round": r,
+            "sparsity": round(res.total_sparsity, 4),
+            "acc_pruned": before,
+            **accs(model, data),
+            "t": round(time.perf_counter() - t0, 1),
+        }
         log(f"{args.tag} {rec}")
         rounds.append(rec)
     secs = time.perf_counter() - t0
-    bs.save(model, RUNS / args.tag, config={"data": data.spec, "history": [{"step": "prune"}]},
-            force=True)
+    bs.save(
+        model,
+        RUNS / args.tag,
+        config={"data": data.spec, "history": [{"step": "prune"}]},
+        force=True,
+    )
     size = compressed_size(model)
-    row = {"tag": args.tag, "model": model_name, "dense": args.dense, "criterion": args.criterion,
-           "amount": args.amount, "layer_sparsity": final_layers, "rounds": args.rounds,
-           "spacing": args.spacing, "finetune": cfg.to_dict(),
-           "finetune_epochs_last": args.ft_epochs_last, "finetune_lr_last": args.ft_lr_last, "adjust_dropout": args.adjust_dropout,
-           **accs(model, data), "per_round": rounds,
-           "layer_kept": {l["layer"]: l["kept"] for l in size["layers"]},
-           "seconds": round(secs, 1)}
+    row = {
+        "tag": args.tag,
+        "model": model_name,
+        "dense": args.dense,
+        "criterion": args.criterion,
+        "amount": args.amount,
+        "layer_sparsity": final_layers,
+        "rounds": args.rounds,
+        "spacing": args.spacing,
+        "finetune": cfg.to_dict(),
+        "finetune_epochs_last": args.ft_epochs_last,
+        "finetune_lr_last": args.ft_lr_last,
+        "adjust_dropout": args.adjust_dropout,
+        **accs(model, data),
+        "per_round": rounds,
+        "layer_kept": {l["layer"]: l["kept"] for l in size["layers"]},
+        "seconds": round(secs, 1),
+    }
     log(json.dumps({k: row[k] for k in ("tag", "test_acc", "val_acc", "seconds")}))
     append_row("prune", row)
 
@@ -302,45 +349,76 @@ def cmd_quant(args, data) -> None:
     model = run.model
     per_layer = layer_amounts(args.per_layer_bits) or {}
     per_layer = {k: int(v) for k, v in per_layer.items()}
-    qc = bs.quant_config("kmeans", bits=args.bits, per_layer_bits=per_layer, init=args.init,
-                         finetune_epochs=0, seed=args.seed)
+    qc = bs.quant_config(
+        "kmeans",
+        bits=args.bits,
+        per_layer_bits=per_layer,
+        init=args.init,
+        finetune_epochs=0,
+        seed=args.seed,
+    )
     t0 = time.perf_counter()
     bs.quantize(model, qc, data, progress=False)
     before = accs(model, data)
     hist = []
     if args.q_epochs:  # centroid fine-tuning (quantize's own uses cosine SGD at finetune_lr)
-        tc = bs.TrainConfig(epochs=args.q_epochs, lr=args.q_lr, schedule=args.q_schedule,
-                            momentum=0.9, seed=args.seed)
+        tc = bs.TrainConfig(
+            epochs=args.q_epochs,
+            lr=args.q_lr,
+            schedule=args.q_schedule,
+            momentum=0.9,
+            seed=args.seed,
+        )
         hist = bs.fit(model, data, tc, progress=False)
     secs = time.perf_counter() - t0
     size = compressed_size(model)
     after = accs(model, data)
     tag = args.tag or f"{args.pruned}-q{args.bits}{'-' + args.per_layer_bits if per_layer else ''}"
-    bs.save(model, RUNS / tag, config={"data": data.spec, "history": [{"step": "quantize"}]},
-            force=True)
-    row = {"tag": tag, "model": args.model, "pruned": args.pruned, "bits": args.bits,
-           "per_layer_bits": per_layer, "init": args.init,
-           "centroid_finetune": {"epochs": args.q_epochs, "lr": args.q_lr,
-                                 "schedule": args.q_schedule, "momentum": 0.9},
-           "before_finetune": before, **after,
-           "val_curve": [h.get("val_accuracy") for h in hist],
-           **ratio(args.model, size), "size": size, "seconds": round(secs, 1)}
-    log(json.dumps({k: row[k] for k in ("tag", "test_acc", "val_acc", "ratio", "compressed_bytes")}))
+    bs.save(
+        model, RUNS / tag, config={"data": data.spec, "history": [{"step": "quantize"}]}, force=True
+    )
+    row = {
+        "tag": tag,
+        "model": args.model,
+        "pruned": args.pruned,
+        "bits": args.bits,
+        "per_layer_bits": per_layer,
+        "init": args.init,
+        "centroid_finetune": {
+            "epochs": args.q_epochs,
+            "lr": args.q_lr,
+            "schedule": args.q_schedule,
+            "momentum": 0.9,
+        },
+        "before_finetune": before,
+        **after,
+        "val_curve": [h.get("val_accuracy") for h in hist],
+        **ratio(args.model, size),
+        "size": size,
+        "seconds": round(secs, 1),
+    }
+    log(
+        json.dumps({k: row[k] for k in ("tag", "test_acc", "val_acc", "ratio", "compressed_bytes")})
+    )
     append_row("quant", row)
 
 
 def cmd_table(args, data=None) -> None:
     """Print the results as a compact markdown table."""
     doc = json.loads(RESULTS.read_text())
-    print("| step | tag | sparsity | test err % (before centroid FT) | val acc | ratio | bytes | s |")
+    print(
+        "| step | tag | sparsity | test err % (before centroid FT) | val acc | ratio | bytes | s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for kind in ("dense", "prune", "quant"):
         for r in doc.get(kind, []):
             sp = r.get("amount", "")
             before = r.get("before_finetune", {}).get("test_err_pct")
             err = f"{r['test_err_pct']}" + (f" ({before})" if before is not None else "")
-            print(f"| {kind} | {r['tag']} | {sp} | {err} | {r['val_acc']:.4f} | "
-                  f"{r.get('ratio', '')} | {r.get('compressed_bytes', '')} | {r['seconds']} |")
+            print(
+                f"| {kind} | {r['tag']} | {sp} | {err} | {r['val_acc']:.4f} | "
+                f"{r.get('ratio', '')} | {r.get('compressed_bytes', '')} | {r['seconds']} |"
+            )
 
 
 def main(argv=None) -> int:
