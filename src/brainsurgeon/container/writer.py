@@ -9,6 +9,7 @@ the architecture edits (factorization, hashing) and the run's data and normalisa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ from .table import ByteTable, byte_table
 from .tensors import AUTO_WIDTHS, encode_raw, encode_weight
 
 FORMAT = "brainsurgeon-compressed"
-_TABLE_FIELDS = ("file_bytes", "fp32_bytes", "rows", "header_bytes")
 _NOT_RUN = (
     "parametrizations", "format", "format_version", "model", "edits", "versions", "baked",
     "weights_sha256",
@@ -73,7 +73,7 @@ def export(
         model, config=config, metrics=metrics, index_bits=index_bits, codecs=codecs
     )
     write_bytes(path, data)
-    return ByteTable(Path(path), *[getattr(table, f) for f in _TABLE_FIELDS])
+    return dataclasses.replace(table, path=Path(path))
 
 
 def encode(

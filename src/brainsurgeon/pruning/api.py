@@ -216,7 +216,23 @@ def prune_rounds(
     else:
         round_fn = _round
     for r in range(start, len(prepared.sparsities) + 1):
-        yield round_fn(model, prepared, r, data, device, progress)
+        began = time.perf_counter()
+        record = round_fn(model, prepared, r, data, device, progress)
+        if data is not None:  # measured as pruned, fine-tuned, measured again
+            record.update(
+                tune_and_measure(
+                    model,
+                    prepared.config,
+                    r,
+                    len(prepared.sparsities),
+                    data,
+                    loss=prepared.loss,
+                    device=device,
+                    progress=progress,
+                )  # fmt: skip
+            )
+        record["seconds"] = round(time.perf_counter() - began, 3)
+        yield record
 
 
 def _plan_units(model: nn.Module, config: PruneConfig, data, loss) -> PrunePlan:
@@ -265,7 +281,6 @@ def make_permanent(model: nn.Module) -> nn.Module:
 
 
 def _round(model, prepared: PrunePlan, r: int, data, device, progress) -> dict[str, Any]:
-    start = time.perf_counter()
     config, crit = prepared.config, prepared.criterion
     prev = prepared.sparsities[r - 2] if r > 1 else 0.0
     target = prepared.sparsities[r - 1]
@@ -306,20 +321,6 @@ def _round(model, prepared: PrunePlan, r: int, data, device, progress) -> dict[s
         **({"lam": step["lam"]} if "lam" in step else {}),
         **_chosen(crit),
     }
-    if data is not None:
-        record.update(
-            tune_and_measure(
-                model,
-                config,
-                r,
-                len(prepared.sparsities),
-                data,
-                loss=prepared.loss,
-                device=device,
-                progress=progress,
-            )  # fmt: skip
-        )
-    record["seconds"] = round(time.perf_counter() - start, 3)
     return record
 
 

@@ -13,7 +13,6 @@ every dead unit out (:mod:`.surgery`): a smaller dense model, recorded as an edi
 from __future__ import annotations
 
 import fnmatch
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,10 +91,8 @@ def group_targets(model: nn.Module, groups: list[Group]) -> dict[str, tuple[nn.M
 
 
 def unit_round(model, prepared, r: int, data, device, progress) -> dict[str, Any]:
-    """One structured round: score, select the round's fraction, (compensate,) mask, tune."""
-    from ..pruning.iterative import tune_and_measure
-
-    start = time.perf_counter()
+    """One structured round: score, select the round's fraction, (compensate,) mask; the
+    prune driver fine-tunes and measures it like an element round."""
     config = prepared.config
     target = prepared.sparsities[r - 1]
     calib = None
@@ -120,20 +117,6 @@ def unit_round(model, prepared, r: int, data, device, progress) -> dict[str, Any
     removed = sum(g.units - int(keeps[g.name].sum()) for g in prepared.groups)
     record["sparsity"] = removed / max(sum(g.units for g in prepared.groups), 1)
     record["predicted_damage"] = None
-    if data is not None:
-        record.update(
-            tune_and_measure(
-                model,
-                config,
-                r,
-                len(prepared.sparsities),
-                data,
-                loss=prepared.loss,
-                device=device,
-                progress=progress,
-            )  # fmt: skip
-        )
-    record["seconds"] = round(time.perf_counter() - start, 3)
     return record
 
 
