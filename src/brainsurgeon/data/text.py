@@ -94,7 +94,7 @@ def read_texts(
     text = _decode(path)
     fields = tuple(pair_columns) if pair_columns is not None else (column or "text",)
     if path.suffix.lower() == ".txt":
-        if pair_columns or label_column or score_column or column:
+        if pair_columns or label_column or score_column or column not in (None, "text"):
             raise DataError(
                 f"{path}: a .txt file has one sentence a line and no columns; use .jsonl or "
                 ".csv for labels, scores or pairs"
