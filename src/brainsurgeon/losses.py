@@ -41,6 +41,13 @@ def l1(output: Tensor, target: Tensor) -> Tensor:
     return F.l1_loss(output, _as_target(output, target))
 
 
+def cosine(output: Tensor, target: Tensor) -> Tensor:
+    """``mean_n (1 - cos(z_n, y_n))``: the self-distillation loss of an embedding model
+    (targets are the original model's embeddings; no labels needed)."""
+    target = _as_target(output, target)
+    return (1.0 - F.cosine_similarity(output, target, dim=-1, eps=1e-12)).mean()
+
+
 LOSSES.register("cross_entropy", "softmax cross entropy on logits; integer class targets")(
     (F.cross_entropy, "classification")
 )
@@ -48,6 +55,9 @@ LOSSES.register("mse", "mean squared error (regression); targets reshaped to the
     (mse, "regression")
 )
 LOSSES.register("l1", "mean absolute error (regression)")((l1, "regression"))
+LOSSES.register(
+    "cosine", "1 - cosine similarity to target embeddings (an embedding model's distillation)"
+)((cosine, "embedding"))
 
 
 def resolve_loss(loss: LossLike = None) -> LossFn:
@@ -65,7 +75,7 @@ def resolve_loss(loss: LossLike = None) -> LossFn:
 
 
 def task_of(loss: LossLike = None) -> str:
-    """``"classification"``, ``"regression"`` or ``"custom"`` (a user's callable)."""
+    """``"classification"``, ``"regression"``, ``"embedding"`` or ``"custom"`` (a callable)."""
     fn = resolve_loss(loss)
     for name in LOSSES:
         registered, task = LOSSES.get(name)

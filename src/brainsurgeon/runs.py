@@ -99,6 +99,11 @@ def save(
         parametrizations=state.describe(model),
         versions=environment(),
     )
+    files = dict(files or {})
+    if spec.get("name") == "hf":  # its transformers config and tokenizer files: RUN/hf/
+        from .models.hf import hf_layout_files
+
+        files.update(hf_layout_files(model, cfg["edits"]))
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     path = Path(path)
     with atomic_dir(path, force=force) as tmp:
@@ -106,7 +111,7 @@ def save(
         cfg["weights_sha256"] = _sha256(tmp / MODEL_FILE)
         write_json(tmp / CONFIG_FILE, _ordered(cfg))
         write_json(tmp / METRICS_FILE, metrics or {})
-        for name, content in (files or {}).items():
+        for name, content in files.items():
             target = tmp / name
             target.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(content, bytes):

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "evaluate",
     "inspect",
     "data_cmd",
+    "hf_import",
     "prune",
     "saliency_check",
     "quantize",

@@ -63,13 +63,23 @@ def load_data(
     normalization: dict[str, float] | None = None,
     val_size: int | None = None,
     progress: bool = True,
+    **text_options: Any,
 ) -> DataBundle:
     """Load ``digits``, ``mnist``, an IDX folder or an ``.npz`` path as a :class:`DataBundle`.
+
+    ``text:PATH`` (a sentence file for an embedding model) takes ``teacher=MODEL_DIR`` and the
+    options of :func:`brainsurgeon.data.embeddings.load_text_data`.
 
     ``val_size``: for user data without ``x_val``, hold out this many training samples
     (default 1/6 of train, as MNIST's 10k of 60k). ``normalization``: ``{"mean", "std"}`` to
     reuse; otherwise computed on the training split.
     """
+    if name.startswith("text:"):
+        from .embeddings import load_text_data
+
+        return load_text_data(name[5:], seed=seed, progress=progress, **text_options)
+    if text_options:
+        raise DataError(f"options {sorted(text_options)} apply only to text:FILE data")
     arrays, spec = _arrays(name, seed=seed, val_size=val_size, progress=progress)
     x_train = arrays["x_train"]
     if normalization is None:

@@ -183,6 +183,8 @@ def build_model(
 
 
 def _build(name: str, input_shape, num_classes, kwargs) -> nn.Module:
+    if name == "hf" and name not in MODELS:
+        from . import hf  # noqa: F401  (registers the Hugging Face builder; needs transformers)
     if name.startswith("mlp:"):
         return MLP(**{**parse_mlp(name, input_shape, num_classes), **kwargs})
     if name in MODELS:

@@ -17,7 +17,7 @@ Rules live in :mod:`.rules`; add your own with :func:`register_rule`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -75,7 +75,7 @@ class Space:
 class Walker:
     """Walks a shape-propagated fx graph, assigning an :class:`Axis` (or None) to each node."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule | None) -> None:
         self.gm = gm
         self.spaces: list[Space] = []
         self.parent: list[int] = []
@@ -284,6 +284,11 @@ def find_groups(
     outputs), ``"head"`` (attention heads), several of them, or None for all.
     """
     kinds = _kinds(granularity)
+    whole = whole_model_rule(model)
+    if whole is not None:  # a model fx cannot trace, described by its own rule
+        walker = Walker(None)
+        whole(walker, "", model)
+        return [g for g in walker.groups() if g.kind in kinds]
     gm = trace(model)
     args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
     was_training = model.training
@@ -299,6 +304,17 @@ def find_groups(
 
 
 STRUCTURED_KINDS = ("neuron", "channel", "head")
+
+#: model class -> ``spaces(walker, prefix, model)``: the groups of a whole model that fx cannot
+#: trace (a Hugging Face encoder), described directly; see :mod:`.hf_rules`.
+WHOLE_MODEL_RULES: dict[type[nn.Module], Callable[[Walker, str, nn.Module], None]] = {}
+
+
+def whole_model_rule(model: nn.Module):
+    for cls in type(model).__mro__:
+        if cls in WHOLE_MODEL_RULES:
+            return WHOLE_MODEL_RULES[cls]
+    return None
 
 
 def _kinds(granularity: str | Sequence[str] | None) -> set[str]:

@@ -9,6 +9,11 @@ regression (mean squared error).
   ``mse = mean (z - y)^2`` and ``mae = mean |z - y|`` over every target entry, ``rmse =
   sqrt(mse)`` and the variance-weighted ``r2 = 1 - sum (z - y)^2 / sum_c sum_n (y_nc -
   mean_c)^2``; ``loss`` is the given loss (mse by default);
+* embedding (loss ``"cosine"``, targets = the original model's embeddings): ``{"task":
+  "embedding", "loss", "cosine", "cosine_min", "top10", "samples"}`` with ``cosine = mean_n
+  cos(z_n, y_n)`` and ``top10`` the mean overlap ``|N_10(z_n) & N_10(y_n)| / 10`` of each
+  sample's 10 nearest neighbours (cosine, itself excluded) within the split: retrieval by
+  the compressed embeddings against retrieval by the original ones;
 * a custom callable loss: ``{"task": "custom", "loss", "samples"}``.
 """
 
@@ -76,6 +81,9 @@ def _accumulate(sums: dict[str, Any], task: str, fn, out: Tensor, y: Tensor, whe
         _add(sums, "loss", checked(fn, out, y, where).item() * n)
     if task == "classification":
         _add(sums, "correct", (out.argmax(1) == y).sum().item())
+    elif task == "embedding":
+        sums.setdefault("z", []).append(out.detach().float().cpu().reshape(n, -1))
+        sums.setdefault("y", []).append(y.detach().float().cpu().reshape(n, -1))
     elif task == "regression":
         z = out.detach().to(torch.float64)
         t = y.to(torch.float64).reshape(z.shape)
@@ -104,6 +112,8 @@ def _finish(sums: dict[str, Any], task: str) -> dict[str, Any]:
             "samples": n,
         }
     out: dict[str, Any] = {"task": task, "loss": sums.get("loss", 0.0) / safe, "samples": n}
+    if task == "embedding" and n:
+        out.update(embedding_agreement(torch.cat(sums["z"]), torch.cat(sums["y"])))
     if task == "regression":
         entries = max(int(sums.get("entries", 0)), 1)
         mse = sums.get("sse", 0.0) / entries
@@ -114,10 +124,40 @@ def _finish(sums: dict[str, Any], task: str) -> dict[str, Any]:
     return out
 
 
+def embedding_agreement(z: Tensor, y: Tensor, k: int = 10) -> dict[str, float]:
+    """``cosine`` (mean), ``cosine_min`` and ``top10``: see the module docstring.
+
+    ``z`` (N, D) the model's embeddings, ``y`` (N, D) the reference ones; ``k`` is capped at
+    ``N - 1``.
+    """
+    zn, yn = F.normalize(z.double(), dim=1), F.normalize(y.double(), dim=1)
+    cos = (zn * yn).sum(1)
+    out = {"cosine": float(cos.mean()), "cosine_min": float(cos.min())}
+    k = min(k, len(z) - 1)
+    if k >= 1:
+        overlap = 0.0
+        for start in range(0, len(z), 1024):  # (1024, N) blocks: bounded memory
+            rows = slice(start, start + 1024)
+            nz = _neighbours(zn[rows] @ zn.T, start, k)
+            ny = _neighbours(yn[rows] @ yn.T, start, k)
+            same = (nz.unsqueeze(2) == ny.unsqueeze(1)).any(2).sum(1)
+            overlap += float(same.sum())
+        out["top10"], out["neighbours"] = overlap / (len(z) * k), k
+    return out
+
+
+def _neighbours(sim: Tensor, start: int, k: int) -> Tensor:
+    idx = torch.arange(sim.shape[0])
+    sim[idx, idx + start] = -float("inf")  # a sample is not its own neighbour
+    return sim.topk(k, dim=1).indices
+
+
 def headline(result: dict[str, Any]) -> tuple[str, float]:
     """The one number to show for an :func:`evaluate` result: accuracy, mse or the loss."""
     if "accuracy" in result:
         return "accuracy", float(result["accuracy"])
+    if "cosine" in result:
+        return "cosine", float(result["cosine"])
     if "mse" in result:
         return "mse", float(result["mse"])
     return "loss", float(result["loss"])
@@ -125,13 +165,19 @@ def headline(result: dict[str, Any]) -> tuple[str, float]:
 
 def score(result: dict[str, Any]) -> float:
     """Higher is better: accuracy for classification, ``-loss`` otherwise (early stopping)."""
-    return float(result["accuracy"]) if "accuracy" in result else -float(result["loss"])
+    if "accuracy" in result:
+        return float(result["accuracy"])
+    return float(result["cosine"]) if "cosine" in result else -float(result["loss"])
 
 
 def describe(result: dict[str, Any]) -> str:
     """``"accuracy 0.9812"`` or ``"mse 0.0123, mae 0.0871"`` or ``"loss 0.52"``."""
     if "accuracy" in result:
         return f"accuracy {result['accuracy']:.4f}"
+    if "cosine" in result:
+        return (
+            f"cosine {result['cosine']:.4f}, top-10 overlap {result.get('top10', float('nan')):.3f}"
+        )
     if "mse" in result:
         return f"mse {result['mse']:.4g}, mae {result['mae']:.4g}, r2 {result['r2']:.4f}"
     return f"loss {result['loss']:.4g}"
