@@ -56,6 +56,9 @@ def _table(path: str, split: str, result: dict) -> str:
     if "accuracy" in result:
         row = [result["accuracy"] * 100, result["loss"], result["errors"]]
         header = ["accuracy %", "loss", "errors"]
+    elif "cosine" in result:
+        row = [result["cosine"], result["cosine_min"], result.get("top10"), result["loss"]]
+        header = ["cosine", "min cosine", "top-10 overlap", "loss"]
     elif "mse" in result:
         row = [result[k] for k in ("mse", "mae", "rmse", "r2", "loss")]
         header = ["mse", "mae", "rmse", "r2", "loss"]

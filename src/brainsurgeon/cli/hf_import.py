@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     say(args, f"{Path(folder).name}: {data.sizes()} sentences of {args.text}")
     test = evaluate(model, data, split="test", loss="cosine", batch_size=64)
-    summary = summarize(model, data.train.x[:1])
+    summary = summarize(model, (2, args.max_length))  # FLOPs of a full-length sentence
     seconds = time.perf_counter() - start
     metrics = {
         "test_cosine": test["cosine"],

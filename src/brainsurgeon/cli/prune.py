@@ -303,6 +303,11 @@ def _summary(result, payload: dict[str, Any], last: dict[str, Any], out: Path) -
         )
     if last.get("accuracy") is not None:
         text += f"\n\ntest accuracy {100 * last['accuracy']:.2f}%  ->  {out}"
+    elif last.get("cosine") is not None:
+        text += (
+            f"\n\ntest cosine to the original {last['cosine']:.4f}, top-10 overlap "
+            f"{last.get('top10') or float('nan'):.3f}  ->  {out}"
+        )
     elif last.get("loss") is not None:
         text += f"\n\ntest loss {last['loss']:.4g}  ->  {out}"
     return text
@@ -342,6 +347,10 @@ def _printer(args: argparse.Namespace, config):
             acc = f"  acc {100 * record['accuracy_pruned']:.2f}%"
             if "finetune" in record:
                 acc += f" -> fine-tuned {100 * record['accuracy']:.2f}%"
+        elif record.get("cosine") is not None:  # an embedding model
+            acc = f"  cosine {record['cosine_pruned']:.4f}"
+            if "finetune" in record:
+                acc += f" -> fine-tuned {record['cosine']:.4f}"
         elif "loss" in record:  # regression and custom losses: the loss itself
             acc = f"  loss {record['loss_pruned']:.4g}"
             if "finetune" in record:

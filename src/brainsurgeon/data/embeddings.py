@@ -112,6 +112,7 @@ def load_text_data(
         y = torch.from_numpy(np.load(cached))
     else:
         model = load_pretrained(teacher, max_length=max_length)
+        check_vocabulary(x, model, tokenizer or teacher)
         torch.manual_seed(seed)
         y = teacher_embeddings(model, x, progress=progress)
         _save_atomic(cached, y.numpy())
@@ -128,6 +129,19 @@ def load_text_data(
     }
     name = source.name
     return embedding_bundle(x, y, calib=calib, val=val, test=eval, seed=seed, name=name, spec=spec)
+
+
+def check_vocabulary(x: torch.Tensor, model: nn.Module, tokenizer: str) -> None:
+    """Refuse token ids the model's embedding table does not have (a tokenizer of another
+    model)."""
+    vocab = getattr(getattr(getattr(model, "backbone", None), "config", None), "vocab_size", None)
+    top = int(x[:, 0].max()) if x.numel() else 0
+    if vocab is not None and top >= int(vocab):
+        raise DataError(
+            f"the tokenizer in {tokenizer} produces token id {top} but the model has only "
+            f"{vocab} tokens: the tokenizer does not match the model; pass the model's own "
+            "tokenizer (--tokenizer) or the model folder it came with"
+        )
 
 
 def _digest(x: torch.Tensor, teacher: str) -> str:

@@ -43,7 +43,9 @@ def example_input(
     source: ExampleLike, model: nn.Module | None = None, device: torch.device | None = None
 ) -> Example:
     """One sample (batch axis of 1) from ``source``, on ``device``; see the module doc."""
-    if is_shape(source):
+    if is_shape(source) and hasattr(model, "example_input"):
+        x = model.example_input(tuple(source))  # a model that knows its input (tokens + mask)
+    elif is_shape(source):
         tokens = model is not None and takes_tokens(model)
         x: Example = torch.zeros(1, *source, dtype=torch.long if tokens else torch.float32)
     elif isinstance(source, Tensor):

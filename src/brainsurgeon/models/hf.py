@@ -101,6 +101,13 @@ class HFEncoder(nn.Module):
             emb = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
         return nn.functional.normalize(emb, dim=-1) if self.normalize else emb
 
+    def example_input(self, shape: tuple[int, ...] = (2, 128), batch: int = 1) -> Tensor:
+        """A full-length input (B, 2, L): token ids 1.. (no padding), attention mask 1."""
+        length = int(shape[-1])
+        vocab = int(getattr(self.backbone.config, "vocab_size", 2))
+        ids = (torch.arange(length) % max(vocab - 1, 1) + 1).expand(batch, length)
+        return torch.stack([ids, torch.ones_like(ids)], 1).contiguous()
+
     @staticmethod
     def _unpack(x, batch) -> tuple[Tensor, Tensor, Tensor | None]:
         if isinstance(x, dict):

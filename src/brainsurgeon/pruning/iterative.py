@@ -64,6 +64,8 @@ def tune_and_measure(
     (the last round's length may differ), the metrics after: the round record's fields."""
     before = evaluate_on(model, data, loss)
     out = {"accuracy_pruned": before.get("accuracy"), "loss_pruned": before["loss"]}
+    if "cosine" in before:  # an embedding model: agreement with the original's embeddings
+        out.update(cosine_pruned=before["cosine"], top10_pruned=before.get("top10"))
     last = r == rounds
     if config.finetune_config(r, last=last).epochs:
         out["finetune"] = finetune_round(
@@ -71,6 +73,8 @@ def tune_and_measure(
         )
     ev = evaluate_on(model, data, loss)
     out.update(accuracy=ev.get("accuracy"), loss=ev["loss"])
+    if "cosine" in ev:
+        out.update(cosine=ev["cosine"], top10=ev.get("top10"))
     return out
 
 
