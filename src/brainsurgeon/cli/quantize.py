@@ -60,6 +60,7 @@ HELP = {
     "stages": "residual stages t",
     "samples": "calibration samples",
     "damp": "damping of H (x mean diag)",
+    "group_size": "one grid per this many input columns of each channel (0 = whole rows)",
     "unhooked": "error | rtn: tensors whose layer inputs no forward hook sees",
 }
 FROM_COMMON = ("seed",)  # options the common flags fill

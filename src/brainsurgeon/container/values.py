@@ -105,24 +105,42 @@ def _fit_affine(v: np.ndarray, pos: np.ndarray, shape, hint: dict | None) -> Fit
     if not hint or "scale" not in hint:
         return None
     r, n_rows = rows_of(pos, shape)
+    group_size = int(hint.get("group_size") or 0)
     scale = np.asarray(hint["scale"], dtype=np.float32).reshape(-1)
     zero = np.asarray(hint["zero_point"], dtype=np.float32).reshape(-1)
-    if scale.size not in (1, n_rows):
+    if group_size:
+        rr = _group_index(pos, shape, group_size)
+        if rr.size and rr.max() >= scale.size:
+            return None
+    elif scale.size not in (1, n_rows):
         return None
-    rr = r if scale.size > 1 else np.zeros_like(r)
+    else:
+        rr = r if scale.size > 1 else np.zeros_like(r)
     qmin, levels = int(hint["qmin"]), 2 ** int(hint["bits"])
     q = np.round(v / scale[rr]) + zero[rr]
     codes = q.astype(np.int64) - qmin
     if codes.size and (codes.min() < 0 or codes.max() >= levels):
         return None
     meta = {"qmin": qmin, "per_channel": bool(scale.size > 1)}
+    if group_size:
+        meta["group_size"] = group_size
     return Fitted("affine", {"codes": (codes, levels)}, {"scale": scale, "zero": zero}, meta)
+
+
+def _group_index(pos: np.ndarray, shape, group_size: int) -> np.ndarray:
+    """Index into a row-major ``(rows, groups)`` grid of each flat position's column group."""
+    cols = max(math.prod(shape[1:]), 1) if len(shape) > 1 else max(math.prod(shape), 1)
+    groups = -(-cols // group_size)
+    return (pos // cols) * groups + (pos % cols) // group_size
 
 
 def _decode_affine(f: Fitted, pos: np.ndarray, shape) -> np.ndarray:
     r, _ = rows_of(pos, shape)
     codes, scale, zero = f.streams["codes"][0], f.tables["scale"], f.tables["zero"]
-    rr = r if f.meta["per_channel"] else np.zeros_like(r)
+    if f.meta.get("group_size"):
+        rr = _group_index(pos, shape, int(f.meta["group_size"]))
+    else:
+        rr = r if f.meta["per_channel"] else np.zeros_like(r)
     if rr.size and rr.max() >= scale.size:
         raise ValueError("a row has no scale")
     q = (codes + f.meta["qmin"]).astype(np.float32)

@@ -150,6 +150,7 @@ def quantizer_hint(p: nn.Module) -> dict[str, Any]:
     return {
         "scale": p.scale.detach().cpu().numpy(),
         "zero_point": p.zero_point.detach().cpu().numpy(),
+        "group_size": getattr(p, "group_size", 0),
         "bits": p.bits,
         "qmin": qmin,
     }

@@ -160,15 +160,25 @@ class ScaleOptions(QuantBase):
 class GridOptions(ScaleOptions):
     """A uniform grid: ``symmetric`` (zero point 0) and the ``range`` of weights it covers:
     min/max, the ``(100 - percentile, percentile)`` quantiles, or the clipping of least
-    squared error ("mse")."""
+    squared error ("mse"). ``group_size`` > 0: one grid per run of that many input columns
+    of each output channel (the "block" granularity of GPTQ's group size; 0 = whole rows)."""
 
     symmetric: bool = False
     range: str = "minmax"
     percentile: float = 99.9
+    group_size: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         one_of("range", self.range, RANGES)
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
+            raise ConfigError(f"group_size must be an integer, got {self.group_size!r}")
+        if self.group_size < 0:
+            raise ConfigError(f"group_size must be >= 0 (0 = whole rows), got {self.group_size}")
+        if self.group_size and not self.per_channel:
+            raise ConfigError(
+                "group_size needs granularity='per-channel' (groups split each channel's row)"
+            )
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(
                 f"percentile must lie in (50, 100], got {self.percentile}; e.g. percentile=99.9"

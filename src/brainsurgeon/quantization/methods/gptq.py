@@ -179,7 +179,7 @@ class GPTQ(Quantizer):
         for layer in layers:
             if id(layer) in rtn_ids | exact_rtn:
                 scale, zero = fit_grid(layer, config, layer.bits)
-                attach(layer, UniformQuant(scale, zero, layer.bits, config.symmetric, layer.coded))
+                attach(layer, _grid_quant(layer, scale, zero, config))
             else:
                 H = input_hessian(model, layer, calib, device)
                 self.solve_layer(layer, H, config, solve)
@@ -199,13 +199,19 @@ class GPTQ(Quantizer):
         W = as_matrix(layer.weight.float())
         s = scale.to(W).expand(W.shape[0]) if scale.numel() == 1 else scale.to(W)
         z = zero.to(W).expand(W.shape[0]) if zero.numel() == 1 else zero.to(W)
-        bits, symmetric = layer.bits, config.symmetric
+        bits, symmetric, gs = layer.bits, config.symmetric, config.group_size
 
         def quant(col: torch.Tensor, j: int) -> torch.Tensor:
+            if s.dim() == 2:  # static groups: the grid of column j's group, fitted up front
+                return fake_quantize(col, s[:, j // gs], z[:, j // gs], bits, symmetric)
             return fake_quantize(col, s.to(col), z.to(col), bits, symmetric)
 
         keep = None if layer.keep is None else as_matrix(layer.keep)
         Wq = solve(W, H.to(W), quant, damp=config.damp, keep=keep)
         with torch.no_grad():
             original(layer.module, layer.tensor).copy_(Wq.reshape(layer.weight.shape))
-        attach(layer, UniformQuant(scale, zero, bits, symmetric, layer.coded))
+        attach(layer, _grid_quant(layer, scale, zero, config))
+
+
+def _grid_quant(layer: LayerPlan, scale, zero, config: GPTQConfig) -> UniformQuant:
+    return UniformQuant(scale, zero, layer.bits, config.symmetric, layer.coded, config.group_size)

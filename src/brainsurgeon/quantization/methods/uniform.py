@@ -1,4 +1,5 @@
-"""Uniform affine n-bit quantization (2..8 bits), per tensor or per output channel.
+"""Uniform affine n-bit quantization (2..8 bits), per tensor, per output channel or per group
+of ``group_size`` input columns of each channel.
 
 ``q = clamp(round(w / s) + z, qmin, qmax)``, ``w_hat = (q - z) * s``. Asymmetric: codes
 ``0 .. 2^b - 1`` over ``[min(lo, 0), max(hi, 0)]`` with an integer zero point, so 0 is exact
@@ -105,12 +106,33 @@ def _mse_range(
 def fit_grid(
     layer: LayerPlan, config: GridOptions, bits: int, *, symmetric: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point ``(C,)`` for ``layer`` under ``config`` (C = rows or 1)."""
+    """Scale and zero point ``(C,)`` for ``layer`` under ``config`` (C = rows or 1), or
+    ``(C, G)`` with ``config.group_size``: G = ceil(fan_in / group_size) column groups."""
     symmetric = config.symmetric if symmetric is None else symmetric
+    cfg = config.replace(symmetric=symmetric)
     rows = reduce_channels(layer.weight.float(), config.per_channel)
     keep = None if layer.keep is None else reduce_channels(layer.keep, config.per_channel)
-    lo, hi = weight_range(rows, keep, config.replace(symmetric=symmetric), bits)
-    return grid(lo, hi, bits, symmetric)
+    gs = config.group_size
+    if not gs or layer.weight.dim() < 2 or gs >= rows.shape[1]:
+        lo, hi = weight_range(rows, keep, cfg, bits)
+        return grid(lo, hi, bits, symmetric)
+    scales, zeros = [], []
+    for start in range(0, rows.shape[1], gs):
+        cols = slice(start, start + gs)
+        lo, hi = weight_range(rows[:, cols], None if keep is None else keep[:, cols], cfg, bits)
+        s, z = grid(lo, hi, bits, symmetric)
+        scales.append(s)
+        zeros.append(z)
+    return torch.stack(scales, 1), torch.stack(zeros, 1)
+
+
+def expand_grid(stat: torch.Tensor, weight: torch.Tensor, group_size: int) -> torch.Tensor:
+    """A ``(C,)`` statistic broadcast per channel, or a ``(C, G)`` one per column group,
+    laid out like ``weight``."""
+    if stat.dim() < 2:
+        return channel_view(stat, weight)
+    cols = torch.arange(weight[0].numel(), device=stat.device) // group_size
+    return stat[:, cols].reshape(weight.shape)
 
 
 @register_parametrization(
@@ -120,36 +142,54 @@ class UniformQuant(QuantParametrization):
     """``forward(W) = W + (w_hat(W) - W).detach()``; buffers ``scale``, ``zero_point`` ``(C,)``."""
 
     def __init__(
-        self, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool, coded: int
+        self,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        bits: int,
+        symmetric: bool,
+        coded: int,
+        group_size: int = 0,
     ) -> None:
         super().__init__()
         self.bits, self.symmetric, self.coded = int(bits), bool(symmetric), int(coded)
+        self.group_size = int(group_size) if scale.dim() == 2 else 0
         self.register_buffer("scale", scale.detach().float().clone())
         self.register_buffer("zero_point", zero_point.detach().float().clone())
 
+    def grids(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero point laid out like ``weight``."""
+        s = expand_grid(self.scale, weight, self.group_size).to(weight.dtype)
+        return s, expand_grid(self.zero_point, weight, self.group_size).to(weight.dtype)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        s = channel_view(self.scale, weight).to(weight.dtype)
-        z = channel_view(self.zero_point, weight).to(weight.dtype)
+        s, z = self.grids(weight)
         return ste(weight, fake_quantize(weight, s, z, self.bits, self.symmetric))
 
     def integer(self, weight: torch.Tensor) -> torch.Tensor:
         """The integer codes ``q`` (int16) of ``weight`` (the tensor under this parametrization)."""
         qmin, qmax = code_range(self.bits, self.symmetric)
-        s, z = channel_view(self.scale, weight), channel_view(self.zero_point, weight)
+        s, z = self.grids(weight)
         return torch.clamp(torch.round(weight / s) + z, qmin, qmax).to(torch.int16)
 
     def config(self) -> dict[str, Any]:
-        return {
+        out = {
             "bits": self.bits,
             "symmetric": self.symmetric,
-            "channels": self.scale.numel(),
+            "channels": self.scale.shape[0] if self.group_size else self.scale.numel(),
             "coded": self.coded,
         }
+        if self.group_size:
+            out.update(groups=self.scale.shape[1], group_size=self.group_size)
+        return out
 
     @classmethod
     def from_config(cls, config: dict[str, Any], original: torch.Tensor) -> UniformQuant:
-        zeros = torch.zeros(config["channels"])
-        return cls(zeros + 1, zeros, config["bits"], config["symmetric"], config["coded"])
+        shape = (config["channels"], config["groups"]) if "groups" in config else config["channels"]
+        zeros = torch.zeros(shape)
+        return cls(
+            zeros + 1, zeros, config["bits"], config["symmetric"], config["coded"],
+            config.get("group_size", 0),
+        )  # fmt: skip
 
     def index_bits(self) -> int:
         return self.coded * self.bits
@@ -167,4 +207,6 @@ class UniformQuant(QuantParametrization):
 class Uniform(Quantizer):
     def build(self, layer: LayerPlan, config: UniformConfig) -> UniformQuant:
         scale, zero = fit_grid(layer, config, layer.bits)
-        return UniformQuant(scale, zero, layer.bits, config.symmetric, layer.coded)
+        return UniformQuant(
+            scale, zero, layer.bits, config.symmetric, layer.coded, config.group_size
+        )
