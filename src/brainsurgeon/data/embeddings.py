@@ -55,20 +55,16 @@ def embedding_bundle(
     calib: int,
     val: int,
     test: int,
-    seed: int = 0,
+    seed: int | None = 0,
     name: str = "text",
     spec: dict[str, Any] | None = None,
 ) -> DataBundle:
-    """Disjoint seeded ``train`` (``calib``), ``val`` and ``test`` splits of ``(x, y)``."""
+    """Disjoint ``test`` (``test`` samples), ``val`` and ``train`` (``calib``) splits of
+    ``(x, y)``, drawn by ``seed`` (None: in order, the samples were drawn already)."""
     n = len(x)
-    need = calib + val + test
-    if min(calib, val, test) < 1 or need > n:
-        raise DataError(
-            f"{name} has {n} sentences but the splits need {need} (calibration {calib}, "
-            f"validation {val}, evaluation {test}); give more sentences or smaller --calib/--eval"
-        )
-    order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-    parts = order[:test], order[test : test + val], order[test + val : need]
+    order = sample_order(n, calib + val + test, seed, name, (calib, val, test))
+    order = torch.from_numpy(order)
+    parts = order[:test], order[test : test + val], order[test + val :]
     test_ds, val_ds, train_ds = (Dataset(x[i], y[i]) for i in parts)
     return DataBundle(
         name=name,
@@ -79,6 +75,21 @@ def embedding_bundle(
         normalization={"mean": 0.0, "std": 1.0},
         spec=dict(spec or {"name": name}),
     )
+
+
+def sample_order(
+    n: int, need: int, seed: int | None, name: str, sizes: tuple[int, int, int]
+) -> np.ndarray:
+    """The first ``need`` of a seeded permutation of ``n`` (or ``0..need-1`` for no seed)."""
+    calib, val, test = sizes
+    if min(sizes) < 1 or need > n:
+        raise DataError(
+            f"{name} has {n} sentences but the splits need {need} (calibration {calib}, "
+            f"validation {val}, evaluation {test}); give more sentences or smaller --calib/--eval"
+        )
+    if seed is None:
+        return np.arange(need)
+    return np.random.default_rng(seed).permutation(n)[:need]
 
 
 def load_text_data(
@@ -105,7 +116,9 @@ def load_text_data(
 
     source = Path(path).expanduser()
     table = read_texts(source, column=column)
-    x = tokenize(list(table.texts), tokenizer or teacher, max_length=max_length)
+    chosen = sample_order(len(table), calib + val + eval, seed, source.name, (calib, val, eval))
+    texts = [table.texts[i] for i in chosen]  # only what the splits use is tokenised/embedded
+    x = tokenize(texts, tokenizer or teacher, max_length=max_length)
     key = _digest(x, teacher)
     cached = cache_dir() / "embeddings" / f"{key}.npy"
     if cached.exists():
@@ -128,7 +141,7 @@ def load_text_data(
         **({"tokenizer": str(tokenizer)} if tokenizer else {}),
     }
     name = source.name
-    return embedding_bundle(x, y, calib=calib, val=val, test=eval, seed=seed, name=name, spec=spec)
+    return embedding_bundle(x, y, calib=calib, val=val, test=eval, seed=None, name=name, spec=spec)
 
 
 def check_vocabulary(x: torch.Tensor, model: nn.Module, tokenizer: str) -> None:
