@@ -78,29 +78,38 @@ def study_obd_sd(
 ) -> dict[str, Any]:
     """Run (or resume, one criterion at a time) the study; write ``study.json``, plots and
     ``summary.md``; return the payload."""
+    from ..losses import resolve_loss
     from ..pruning.schedules import plan
+    from ..training.evaluation import recorded_loss
 
     base = open_base(run)
+    loss = recorded_loss(base.config)
+    loss_fn = resolve_loss(loss)
     out = ExperimentDir(out_dir, "study-obd-sd", config.to_dict(), force=force)
     device = resolve_device(device)
     data = base.data(progress=False)
     calib = data.train.subset(config.samples, seed=config.seed)
     targets_plan = plan("iterative", config.final_sparsity, config.rounds, 0.0, "geometric")
     out.start({"run": str(base.path)})
-    probe = out.run_cells(["trained-model"], lambda k: _probe(base.model, calib, config), log)
+    probe = out.run_cells(
+        ["trained-model"], lambda k: _probe(base.model, calib, config, loss_fn), log
+    )
 
     def compute(key: str) -> dict[str, Any]:
         crit = key.split("criterion-", 1)[1]
-        return _criterion_rounds(base.model, crit, targets_plan, calib, data, config, device, log)
+        return _criterion_rounds(
+            base.model, crit, targets_plan, (calib, data, loss), config, device, log
+        )
 
     keys = [f"criterion-{c}" for c in config.criteria]
     cells = out.run_cells(keys, compute, log)
     results = {c: cells[f"criterion-{c}"] for c in config.criteria}
-    baseline = _evaluate(base.model, data)
+    baseline = _evaluate(base.model, data, loss)
     payload = stamp(
         {
             "kind": "study-obd-sd",
             "run": str(base.path),
+            "metric": baseline["metric"],
             "config": config.to_dict(),
             "targets": targets_plan,
             "baseline": baseline,
@@ -119,10 +128,15 @@ def study_obd_sd(
     return payload
 
 
-def _criterion_rounds(base_model, crit, targets_plan, calib, data, config, device, log):
+def _criterion_rounds(base_model, crit, targets_plan, inputs, config, device, log):
+    """``inputs = (calib, data, loss)``; "accuracy" is the run's quality metric (the
+    accuracy of a classifier, the cosine to the original embeddings of an embedding model)."""
+    from ..losses import resolve_loss
     from ..pruning import PruneConfig, prune
     from ..pruning.iterative import finetune_round
 
+    calib, data, loss = inputs
+    loss_fn = resolve_loss(loss)
     model = copy.deepcopy(base_model).to(device)
     options = {"seed": config.seed} if crit == "random" else {}
     cfg = PruneConfig(
@@ -136,23 +150,24 @@ def _criterion_rounds(base_model, crit, targets_plan, calib, data, config, devic
     rounds = []
     for r, target in enumerate(targets_plan, 1):
         start = time.perf_counter()
-        stats = _damage_stats(model, calib)
-        loss_before = _calib_loss(model, calib)
+        stats = _damage_stats(model, calib, loss_fn)
+        loss_before = _calib_loss(model, calib, loss_fn)
         keep_before = _keep(model)
         prune(
             model,
             cfg.replace(amount=float(target), finetune_epochs=0),
             calib,
+            loss=loss,
             device=device,
             progress=False,
         )
         newly = {n: keep_before[n] & ~k for n, k in _keep(model).items()}
         predicted = float(sum((stats["mean"][n] * newly[n]).sum() for n in newly))
-        measured = _calib_loss(model, calib) - loss_before
-        acc_pruned = _evaluate(model, data)["accuracy"]
+        measured = _calib_loss(model, calib, loss_fn) - loss_before
+        acc_pruned = _evaluate(model, data, loss)["accuracy"]
         if config.finetune_epochs:
-            finetune_round(model, data, cfg, r, device=device, progress=False)
-        ev = _evaluate(model, data)
+            finetune_round(model, data, cfg, r, loss=loss, device=device, progress=False)
+        ev = _evaluate(model, data, loss)
         rounds.append(
             {
                 "round": r,
@@ -181,20 +196,22 @@ def _criterion_rounds(base_model, crit, targets_plan, calib, data, config, devic
 
 
 def _targets(model):
+    """The compressible tensors; of a Hugging Face model, its encoder's (not the embeddings)."""
     from ..models.adapters import compressible
 
-    return compressible(model)
+    hf = type(model).__name__ == "HFEncoder"
+    return compressible(model, exclude=("backbone.embeddings.*",) if hf else None)
 
 
 def _keep(model) -> dict[str, torch.Tensor]:
     return {n: getattr(m, t).detach() != 0 for n, (m, t) in _targets(model).items()}
 
 
-def _damage_stats(model, calib) -> dict[str, dict[str, torch.Tensor]]:
+def _damage_stats(model, calib, loss_fn=F.cross_entropy) -> dict[str, dict[str, torch.Tensor]]:
     """Welford mean and sd of the per-sample damage of every weight (eval mode)."""
     from ..curvature import DamageStats, collect
 
-    acc = collect(DamageStats(model, _targets(model), F.cross_entropy), model, calib)
+    acc = collect(DamageStats(model, _targets(model), loss_fn), model, calib)
     return {
         "mean": {n: v.cpu() for n, v in acc.mean().items()},
         "sd": {n: v.cpu() for n, v in acc.sd().items()},
@@ -202,14 +219,11 @@ def _damage_stats(model, calib) -> dict[str, dict[str, torch.Tensor]]:
 
 
 @torch.no_grad()
-def _calib_loss(model, calib) -> float:
+def _calib_loss(model, calib, loss_fn=F.cross_entropy) -> float:
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
-    total = sum(
-        float(F.cross_entropy(model(x), y, reduction="sum"))
-        for x, y in calib.batches(1024, device=dev)
-    )
+    total = sum(float(loss_fn(model(x), y)) * len(y) for x, y in calib.batches(1024, device=dev))
     model.train(was)
     return total / len(calib)
 
@@ -243,7 +257,7 @@ def _histograms(model, stats, keep_before) -> dict[str, Any]:
     }
 
 
-def _probe(model, calib, config: StudyConfig) -> dict[str, Any]:
+def _probe(model, calib, config: StudyConfig, loss_fn=F.cross_entropy) -> dict[str, Any]:
     """On the trained model: h_nqq over samples for a few weights; SD vs mean of d_nq."""
     from ..curvature import PerSampleBackend
 
@@ -256,7 +270,7 @@ def _probe(model, calib, config: StudyConfig) -> dict[str, Any]:
         n = names[int(torch.multinomial(sizes, 1, generator=g))]
         shape = getattr(*targets[n]).shape
         picks.append((n, tuple(int(torch.randint(s, (1,), generator=g)) for s in shape)))
-    backend = PerSampleBackend(model, targets, F.cross_entropy)
+    backend = PerSampleBackend(model, targets, loss_fn)
     values: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(picks))}
     was = model.training
     model.eval()
@@ -266,7 +280,7 @@ def _probe(model, calib, config: StudyConfig) -> dict[str, Any]:
         for i, (n, idx) in enumerate(picks):
             values[i].append(_entry(sample.h[n], idx))
     model.train(was)
-    stats = _damage_stats(model, calib)
+    stats = _damage_stats(model, calib, loss_fn)
     return {
         "sampled_weights": [
             {
@@ -303,11 +317,18 @@ def _scatter(stats, config: StudyConfig) -> dict[str, Any]:
     }
 
 
-def _evaluate(model, data) -> dict[str, Any]:
+def _evaluate(model, data, loss=None) -> dict[str, Any]:
+    """``{"accuracy", "loss", "metric"}``: "accuracy" holds the run's quality metric."""
     from ..training import evaluate
 
-    ev = evaluate(model, data, split="test")
-    return {"accuracy": ev["accuracy"], "loss": ev["loss"]}
+    ev = evaluate(model, data, split="test", loss=loss)
+    metric = "accuracy" if "accuracy" in ev else "cosine" if "cosine" in ev else None
+    if metric is None:
+        raise ConfigError(
+            "the OBD-SD study compares accuracies (classification) or cosine agreement "
+            "(embedding models); this run's task has neither"
+        )
+    return {"accuracy": ev[metric], "loss": ev["loss"], "metric": metric}
 
 
 def findings(results: dict[str, dict[str, Any]], baseline, config: StudyConfig) -> dict[str, Any]:

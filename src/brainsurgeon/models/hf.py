@@ -82,12 +82,13 @@ class HFEncoder(nn.Module):
 
     def forward(self, x: Tensor | dict[str, Tensor] | None = None, **batch: Tensor) -> Tensor:
         ids, mask, types = self._unpack(x, batch)
-        if self.trim and not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+        concrete = _concrete(mask)
+        if self.trim and concrete:
             used = int(mask.sum(1).max().item()) if mask.numel() else 0
             keep = max(used, 1)
             ids, mask = ids[:, :keep], mask[:, :keep]
             types = None if types is None else types[:, :keep]
-        kwargs = {"input_ids": ids, "attention_mask": mask}
+        kwargs = {"input_ids": ids, "attention_mask": mask if concrete else _additive(mask)}
         if types is not None:
             kwargs["token_type_ids"] = types
         out = self.backbone(**kwargs)
@@ -126,6 +127,25 @@ class HFEncoder(nn.Module):
         ids = batch["input_ids"]
         mask = batch.get("attention_mask", torch.ones_like(ids))
         return ids, mask, batch.get("token_type_ids")
+
+
+def _concrete(mask: Tensor) -> bool:
+    """Whether ``mask`` holds real values (not traced, compiled or batched by vmap), so the
+    unused padding can be trimmed by looking at it."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    try:
+        from torch._C._functorch import is_batchedtensor, is_gradtrackingtensor
+    except ImportError:  # pragma: no cover - older torch
+        return True
+    return not (is_batchedtensor(mask) or is_gradtrackingtensor(mask))
+
+
+def _additive(mask: Tensor) -> Tensor:
+    """The (B, 1, 1, L) additive attention mask transformers builds itself, made here without
+    data-dependent checks (so per-sample statistics can ``vmap`` the model)."""
+    dtype = torch.get_default_dtype()
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
 def _register_layer_types(transformers) -> None:
