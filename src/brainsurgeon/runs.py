@@ -99,6 +99,7 @@ def save(
         parametrizations=state.describe(model),
         versions=environment(),
     )
+    cfg.update(_placement(model))
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     path = Path(path)
     with atomic_dir(path, force=force) as tmp:
@@ -114,6 +115,14 @@ def save(
             else:
                 target.write_text(content)
     return path
+
+
+def _placement(model: nn.Module) -> dict[str, Any]:
+    """``world_size``, ``backend`` (None alone) and ``device`` of the process that saved."""
+    from .distributed import describe
+
+    first = next(iter(model.state_dict().values()), None)
+    return describe(first.device if first is not None else None)
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:

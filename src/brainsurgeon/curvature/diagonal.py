@@ -186,10 +186,21 @@ class HutchinsonDiagonal(_FullBatch):
     def reset(self) -> None:
         super().reset()
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.drawn_ = 0
+
+    def _draw(self, size: int) -> Tensor:
+        self.drawn_ += 1
+        return torch.randint(0, 2, (self.probes, size), generator=self.generator)
+
+    def seek(self, batch: int) -> None:
+        """Skip to the probes of batch ``batch`` (a rank's shard starts mid-stream)."""
+        size = sum(getattr(m, t).numel() for m, t in self.targets.values())
+        while self.drawn_ < batch:
+            self._draw(size)
 
     def update(self, x: Tensor, y: Tensor) -> None:
         leaves, flat = self._leaves_and_grad(x, y)
-        v = torch.randint(0, 2, (self.probes, flat.numel()), generator=self.generator)
+        v = self._draw(flat.numel())
         v = (v * 2 - 1).to(device=flat.device, dtype=flat.dtype)
         est = (v * self._hvp(leaves, flat, v)).mean(0)
         n = int(x.shape[0])
