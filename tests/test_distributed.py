@@ -44,7 +44,10 @@ def _ranks(folder: Path, mode: str = "compute") -> list[subprocess.Popen]:
     return [
         subprocess.Popen(
             [sys.executable, script, str(r), "2", str(port), str(folder), mode],
-            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for r in range(2)
     ]
