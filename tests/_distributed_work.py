@@ -131,14 +131,29 @@ def _prune_and_tune(out, m, ds) -> None:
         out[f"tuned_orig/{name}"] = getattr(mod.parametrizations, t).original.detach()
 
 
+def _gptq(out, m, ds) -> None:
+    """GPTQ (float64 layer-input Hessians, sharded then reduced; each rank solves)."""
+    from brainsurgeon.quantization import quantize
+    from brainsurgeon.quantization.methods.gptq import GPTQConfig
+
+    m = copy.deepcopy(m)
+    quantize(m, GPTQConfig(bits=3, samples=N), ds, device="cpu")
+    for name, (mod, t) in _targets(m).items():
+        out[f"gptq/{name}"] = getattr(mod, t).detach()
+
+
 def compute() -> dict[str, torch.Tensor]:
     """Every statistic, solver result and a prune + fine-tune, keyed by name."""
+    from brainsurgeon.curvature import inverse
+
     torch.set_num_threads(1)
+    inverse._TEMP_BYTES = 3 * 16 * 16 * 8  # WoodFisher chunks of 3 blocks: split over ranks
     out: dict[str, torch.Tensor] = {}
     m, ds = model(), data()
     _stats(out, m, ds)
     _empty_rank(out, m, ds)
     _solvers(out, m, ds)
+    _gptq(out, m, ds)
     _prune_and_tune(out, m, ds)
     return {k: v.detach().contiguous().clone() for k, v in out.items()}
 

@@ -76,7 +76,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 STATS = ("ggn", "fisher", "grad", "absgrad", "hutch", "exact", "damage_mean", "damage_sd")
 
 
-@pytest.mark.parametrize("prefix", [*STATS, "wf_exact", "wf_blocks", "H", "few_"])
+@pytest.mark.parametrize("prefix", [*STATS, "wf_exact", "wf_blocks", "H", "few_", "gptq"])
 def test_two_ranks_equal_one_process(results, prefix):
     ref, r0, _ = results
     keys = [k for k in ref if k.startswith(prefix + ("" if prefix.endswith("_") else "/"))]
@@ -199,3 +199,26 @@ def test_cli_under_torchrun_matches_one_process(tmp_path):
     assert json.loads((one / "config.json").read_text())["world_size"] == 1
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_cuda_without_gpu_under_torchrun_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    from brainsurgeon.cli.main import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MASTER_PORT", str(_port()))
+    code = main(["prune", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cuda"])
+    assert code == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert not parallel.active()
+
+
+def test_torchrun_env_without_master_is_a_clear_error(monkeypatch):
+    from brainsurgeon.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ConfigError, match="MASTER_ADDR"):
+        parallel.init_from_env("cpu")

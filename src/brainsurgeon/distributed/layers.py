@@ -54,3 +54,22 @@ def share(tensors: dict[str, Tensor], owners: dict[str, int], what: str) -> None
 def mine(owners: dict[str, int], name: str) -> bool:
     """True when this rank solves ``name`` (always alone, or when ``name`` has no owner)."""
     return not group.active() or owners.get(name, group.rank()) == group.rank()
+
+
+def by_owner(out: Tensor, slices: list[slice], compute, what: str) -> Tensor:
+    """``out[sl] = compute(sl)`` for every slice, each slice on one rank, then broadcast.
+
+    Slices go to ranks in contiguous runs (as batches do); alone, a plain loop. Used for
+    the WoodFisher block inverses and their OBS updates: each block is computed once, by
+    the same code as in one process, so the result is bit-identical to it.
+    """
+    from .shard import batch_ranks
+
+    owners = batch_ranks(len(slices), group.world_size())
+    for sl, r in zip(slices, owners, strict=True):
+        if r == group.rank():
+            out[sl] = compute(sl)
+    if group.active():
+        for sl, r in zip(slices, owners, strict=True):
+            group.broadcast_(out[sl], r, what)
+    return out

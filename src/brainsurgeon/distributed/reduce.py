@@ -76,7 +76,8 @@ def _like(acc: Any, name: str) -> Tensor | None:
     if name not in targets:
         return None
     module, tensor = targets[name]
-    return torch.zeros_like(getattr(module, tensor).detach())
+    w = getattr(module, tensor).detach()
+    return torch.zeros_like(w, dtype=torch.float64 if w.is_floating_point() else w.dtype)
 
 
 def _sum_scalar(value: float | int, what: str, dst: int | None) -> float | int:
@@ -160,7 +161,8 @@ def _register_curvature() -> None:
         cols = weight_matrix(acc.module, acc.tensor, w).shape[1]
         local = acc.sum_
         if local is None:
-            local = torch.zeros(cols, cols, dtype=acc.dtype, device=w.device)
+            dtype = acc.sum_dtype(cols * cols)
+            local = torch.zeros(cols, cols, dtype=dtype, device=w.device)
         what = f"layer inputs of {acc.name}"
         count = _sum_scalar(int(acc.count_), f"{what} (count)", dst)
         acc.sum_, acc.count_ = group.sum_(local, what, dst), count
