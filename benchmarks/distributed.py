@@ -168,7 +168,12 @@ def equality(cfg: dict, folder: Path) -> dict:
         row["ranks_bit_identical"] &= torch.equal(ranks[0][key], ranks[1][key])
         if kind.startswith("mask_"):
             row["identical"] = row.get("identical", True) and torch.equal(a, b)
-            row["sparsity"] = round(1 - float(b.mean()), 4)
+            row["differing_entries"] = row.get("differing_entries", 0) + int((a != b).sum())
+            row["pruned"] = row.get("pruned", 0) + int((b == 0).sum())
+            row["entries"] = row.get("entries", 0) + b.numel()
+    for row in table.values():
+        if "entries" in row:
+            row["sparsity"] = round(row.pop("pruned") / row.pop("entries"), 4)
     return table
 
 

@@ -53,6 +53,9 @@ def _stats(out, m, ds) -> None:
     }
     for acc in run.values():
         collect(acc, m, ds, batch_size=BATCH)
+    strided = cv.HutchinsonDiagonal(m, t, F, probes=3, seed=1)
+    collect(strided, m, ds, batch_size=BATCH, mode="strided")  # batches 0, 2, 4, 6 | 1, 3, 5
+    out.update({f"hutch_strided/{n}": v for n, v in strided.result().items()})
     for key in ("ggn", "fisher", "hutch", "exact"):
         for name, v in run[key].result().items():
             out[f"{key}/{name}"] = v
@@ -92,6 +95,10 @@ def _empty_rank(out, m, ds) -> None:
         out[f"few_H/{name}"] = H
 
 
+def _weights(m) -> dict[str, torch.Tensor]:
+    return {n: getattr(mod, t).detach() for n, (mod, t) in _targets(m).items()}
+
+
 def _ctx(m, ds):
     from brainsurgeon.pruning.step import make_context
 
@@ -107,6 +114,9 @@ def _solvers(out, m, ds) -> None:
     crit = make_criterion("layerwise-obs")
     for name, H in crit.statistics(_ctx(m, ds)).items():
         out[f"H/{name}"] = H
+    keep = {n: w.abs() > w.abs().median() for n, w in _weights(m).items()}
+    for name, w in crit.compensate(_ctx(m, ds), keep).items():
+        out[f"layerobs/{name}"] = w  # layer OBS refit for a given mask, by owner rank
     for method, seq in (("sparsegpt", False), ("sparsegpt", True), ("obc", False)):
         crit = make_criterion("layerwise-obs", method=method, sequential=seq, block_size=4)
         keep, new = crit.solve(_ctx(m, ds), 0.5)

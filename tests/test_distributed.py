@@ -2,8 +2,8 @@
 
 The 2-rank results come from ``tests/_distributed_work.py`` run as two subprocesses; the
 one-process reference is the same ``compute()`` here. float64 statistics: relative 1e-10;
-the layer-input Hessians are accumulated in float32 (``LayerInputStats``' default dtype),
-so they and the layer-wise solvers' weights: relative 1e-5. Masks: identical. The ranks:
+the layer-wise solvers work in float32 (``LayerInputStats``' default dtype; its sums are
+float64), so their weights: relative 1e-5. Masks: identical. The ranks:
 bit-identical to each other.
 """
 
@@ -25,7 +25,7 @@ from brainsurgeon.distributed.layers import assign, solve_cost
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
-FLOAT32 = ("H", "sparsegpt", "obc")  # float32 layer-input sums feed these
+FLOAT32 = ("sparsegpt", "obc", "layerobs")  # float32 solves
 
 
 def _port() -> int:
@@ -73,10 +73,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / a.abs().max().clamp_min(1e-300))
 
 
-STATS = ("ggn", "fisher", "grad", "absgrad", "hutch", "exact", "damage_mean", "damage_sd")
+STATS = ("ggn", "fisher", "grad", "absgrad", "hutch", "hutch_strided", "exact")
+STATS = (*STATS, "damage_mean", "damage_sd")
 
 
-@pytest.mark.parametrize("prefix", [*STATS, "wf_exact", "wf_blocks", "H", "few_", "gptq"])
+PREFIXES = [*STATS, "wf_exact", "wf_blocks", "H", "few_", "gptq", "layerobs"]
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
 def test_two_ranks_equal_one_process(results, prefix):
     ref, r0, _ = results
     keys = [k for k in ref if k.startswith(prefix + ("" if prefix.endswith("_") else "/"))]

@@ -142,13 +142,18 @@ class LayerwiseOBS(Solver):
         """Refit the kept weights of every layer to its outputs: ``layer_obs_update``."""
         hessians = self.statistics(ctx) if stats is None else stats
         w = weights(ctx)
+        owners = self._owners(ctx, list(hessians)) if parallel.active() else {}
         out = {}
         for name, H in hessians.items():
+            out[name] = w[name].clone()
+            if not layers.mine(owners, name):  # solved by its owner, broadcast below
+                continue
             module, tensor = ctx.targets[name]
             k = keep[name] & ctx.masks[name] if name in ctx.masks else keep[name]
             W2 = weight_matrix(module, tensor, w[name])
             new = layer_obs_update(W2, H, weight_matrix(module, tensor, k), damp=self.damp)
-            out[name] = from_matrix(module, tensor, new, w[name].shape)
+            out[name] = from_matrix(module, tensor, new, w[name].shape).to(w[name].dtype)
+        layers.share(out, owners, "the refitted weights")
         return out
 
     def solve(
