@@ -1,4 +1,9 @@
-"""Atomic file writes: temp file in the same folder, fsync, rename. Nothing half-written."""
+"""Atomic file writes: temp file in the same folder, fsync, rename. Nothing half-written.
+
+Under ``torch.distributed`` only rank 0 writes: on the other ranks every writer here works
+in a throwaway temp folder that is deleted, so the same code runs everywhere and one copy
+of each output lands on disk.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,10 @@ from typing import Any
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success rename it over ``path``, else delete it."""
     path = Path(path)
+    if not _writer():
+        with tempfile.TemporaryDirectory(prefix="brainsurgeon-rank-") as scratch:
+            yield Path(scratch) / path.name
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -54,6 +63,10 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
     from .errors import RunDirError
 
     path = Path(path)
+    if not _writer():  # another rank writes the real one
+        with tempfile.TemporaryDirectory(prefix="brainsurgeon-rank-") as scratch:
+            yield Path(scratch)
+        return
     if path.exists() and not force:
         raise RunDirError(f"{path} already exists; choose another --out or pass --force")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,6 +85,13 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _writer() -> bool:
+    """True unless this is a rank other than 0 of a ``torch.distributed`` run."""
+    from .distributed.group import is_main
+
+    return is_main()
 
 
 def _default(obj: Any) -> Any:

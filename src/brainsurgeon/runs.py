@@ -99,6 +99,7 @@ def save(
         parametrizations=state.describe(model),
         versions=environment(),
     )
+    cfg.update(_placement(model))
     files = dict(files or {})
     if spec.get("name") == "hf":  # its transformers config and tokenizer files: RUN/hf/
         from .models.hf import hf_layout_files
@@ -119,6 +120,14 @@ def save(
             else:
                 target.write_text(content)
     return path
+
+
+def _placement(model: nn.Module) -> dict[str, Any]:
+    """``world_size``, ``backend`` (None alone) and ``device`` of the process that saved."""
+    from .distributed import describe
+
+    first = next(iter(model.state_dict().values()), None)
+    return describe(first.device if first is not None else None)
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:

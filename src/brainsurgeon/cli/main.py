@@ -7,9 +7,11 @@ Each subcommand lives in its own module under ``brainsurgeon.cli`` and exposes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 
 from .. import __version__
 from ..errors import BrainsurgeonError
@@ -76,11 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        with processes(args):
+            return int(args.func(args) or 0)
     except BrainsurgeonError as err:
         if os.environ.get("BRAINSURGEON_DEBUG"):
             raise
-        print(f"brainsurgeon {args.command}: error: {err}", file=sys.stderr)
+        print(f"brainsurgeon {args.command}: error: {_where()}{err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -89,6 +92,39 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+@contextlib.contextmanager
+def processes(args: argparse.Namespace) -> Iterator[None]:
+    """Under ``torchrun`` (``WORLD_SIZE > 1``): join the process group (gloo on CPU, nccl on
+    CUDA, ``cuda:LOCAL_RANK`` a rank), and silence every rank but 0. Alone: nothing."""
+    from .. import distributed as parallel
+
+    if parallel.group.env_world_size() <= 1:
+        yield
+        return
+    from ..utils import resolve_device
+
+    device = resolve_device(getattr(args, "device", "cpu") or "cpu")  # cuda without GPU: error
+    parallel.init_from_env(device=str(device))
+    if hasattr(args, "device"):
+        args.device = str(parallel.group.rank_device(device))
+    try:
+        if parallel.is_main():
+            yield
+        else:
+            with open(os.devnull, "w") as null:
+                with contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+                    yield
+    finally:
+        parallel.shutdown()
+
+
+def _where() -> str:
+    """``"rank R of W: "`` under torch.distributed (every rank reports its own error)."""
+    from .. import distributed as parallel
+
+    return f"rank {parallel.rank()} of {parallel.world_size()}: " if parallel.active() else ""
 
 
 if __name__ == "__main__":

@@ -7,11 +7,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import collect
-
 
 def gather(accumulator: Any, ctx: Any, criterion: str) -> Any:
-    """Run ``ctx.data`` through ``accumulator`` (eval mode, ``ctx.batch_size``, ``ctx.device``)."""
+    """Run ``ctx.data`` through ``accumulator`` (eval mode, ``ctx.batch_size``, ``ctx.device``).
+
+    Under ``torch.distributed`` each rank takes its share of the batches and the statistics
+    are then reduced over the ranks (:func:`brainsurgeon.distributed.collect`).
+    """
+    from ..distributed import collect
+
     data = ctx.require_data(criterion)
     return collect(
         accumulator,

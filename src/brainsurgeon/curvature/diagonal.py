@@ -28,8 +28,17 @@ from .layers import Targets, functional_model
 from .outputs import LossFn, check_loss
 
 
+def _wide(value: Tensor) -> Tensor:
+    """Sums are kept in float64 (and read in the tensor's dtype), so the order in which
+    batches or ranks are added changes nothing at the precision of the result."""
+    value = value.detach()
+    return value.double() if value.is_floating_point() else value
+
+
 class Accumulator:
-    """Base: ``sums_`` (per target), ``count_`` (samples); ``result() = sums_ / count_``."""
+    """Base: ``sums_`` (per target, float64), ``count_`` (samples); ``result() = sums_ /
+    count_`` in each target's dtype. Unnormalised sums + a count: the convention that
+    :func:`brainsurgeon.distributed.reduce` merges exactly across ranks."""
 
     what = "curvature statistics"
 
@@ -42,15 +51,23 @@ class Accumulator:
         self.count_ = 0
 
     def _add(self, name: str, value: Tensor) -> None:
-        value = value.detach()
+        value = _wide(value)
         self.sums_[name] = self.sums_[name] + value if name in self.sums_ else value.clone()
+
+    def _read(self, sums: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``sums / count`` in each target's dtype."""
+        n = max(self.count_, 1)
+        out = {}
+        for name, s in sums.items():
+            module, tensor = self.targets[name]
+            out[name] = (s / n).to(getattr(module, tensor).dtype)
+        return out
 
     def update(self, x: Tensor, y: Tensor) -> None:
         raise NotImplementedError
 
     def result(self) -> dict[str, Tensor]:
-        n = max(self.count_, 1)
-        return {name: s / n for name, s in self.sums_.items()}
+        return self._read(self.sums_)
 
 
 class GGNDiagonal(Accumulator):
@@ -88,16 +105,16 @@ class GradientStats(Accumulator):
         sample = self.backend(x, y, grads=True, ggn=False, what=self.what)
         for name, g in sample.g.items():
             self._add(name, g.square().sum())
-            s, a = g.sum(), g.abs().sum()
+            s, a = _wide(g.sum()), _wide(g.abs().sum())
             self.grad_sums_[name] = self.grad_sums_.get(name, 0) + s
             self.abs_sums_[name] = self.abs_sums_.get(name, 0) + a
         self.count_ += sample.n
 
     def mean(self) -> dict[str, Tensor]:
-        return {k: v / max(self.count_, 1) for k, v in self.grad_sums_.items()}
+        return self._read(self.grad_sums_)
 
     def abs_mean(self) -> dict[str, Tensor]:
-        return {k: v / max(self.count_, 1) for k, v in self.abs_sums_.items()}
+        return self._read(self.abs_sums_)
 
 
 class _FullBatch(Accumulator):
@@ -186,10 +203,21 @@ class HutchinsonDiagonal(_FullBatch):
     def reset(self) -> None:
         super().reset()
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.drawn_ = 0
+
+    def _draw(self, size: int) -> Tensor:
+        self.drawn_ += 1
+        return torch.randint(0, 2, (self.probes, size), generator=self.generator)
+
+    def seek(self, batch: int) -> None:
+        """Skip to the probes of batch ``batch`` (a rank's shard starts mid-stream)."""
+        size = sum(getattr(m, t).numel() for m, t in self.targets.values())
+        while self.drawn_ < batch:
+            self._draw(size)
 
     def update(self, x: Tensor, y: Tensor) -> None:
         leaves, flat = self._leaves_and_grad(x, y)
-        v = torch.randint(0, 2, (self.probes, flat.numel()), generator=self.generator)
+        v = self._draw(flat.numel())
         v = (v * 2 - 1).to(device=flat.device, dtype=flat.dtype)
         est = (v * self._hvp(leaves, flat, v)).mean(0)
         n = int(x.shape[0])

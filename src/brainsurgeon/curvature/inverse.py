@@ -26,6 +26,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..distributed.layers import by_owner
 from ..errors import ConfigError, NumericalError, check_positive_int
 from ..solvers import inverse_from_gram, inverse_from_vectors, obs_remove_set
 from .backend import PerSampleBackend
@@ -198,14 +199,17 @@ class WoodburyInverse:
         lam, n = self._lambda(), self.n_samples
         B = self.layout.block
         out = torch.empty(self.layout.blocks, B, B, dtype=self.dtype, device=self.device)
-        for sl in self.layout.chunks():
+
+        def invert(sl: slice) -> Tensor:
             if self.strategy == "woodbury" and self._vectors:
                 G = torch.cat([v[sl] for v in self._vectors], dim=1).to(self.dtype)
-                out[sl] = inverse_from_vectors(G, n, lam)
-            elif self._gram is not None:
-                out[sl] = inverse_from_gram(self._gram[sl].to(self.dtype), n, lam)
-            else:  # no vectors yet: (lam I)^-1
-                out[sl] = torch.eye(B, dtype=self.dtype, device=self.device) / lam
+                return inverse_from_vectors(G, n, lam)
+            if self._gram is not None:
+                return inverse_from_gram(self._gram[sl].to(self.dtype), n, lam)
+            return torch.eye(B, dtype=self.dtype, device=self.device) / lam  # no vectors yet
+
+        # under torch.distributed each rank inverts its share of the blocks, then broadcasts
+        by_owner(out, self.layout.chunks(), invert, "the WoodFisher block inverses")
         self._hinv, self.lam_ = out, lam
         return out
 
@@ -219,8 +223,12 @@ class WoodburyInverse:
         q = self.layout.gather(~self.layout.flatten(keep).to(torch.bool))
         q = q & (self.layout.index.to(q.device) >= 0)
         new = torch.empty_like(w)
-        for sl in self.layout.chunks():
-            new[sl] = obs_remove_set(w[sl], hinv[sl], q[sl])
+        by_owner(
+            new,
+            self.layout.chunks(),
+            lambda sl: obs_remove_set(w[sl], hinv[sl], q[sl]),
+            "the OBS weight update",
+        )
         return self.layout.scatter(new)
 
 

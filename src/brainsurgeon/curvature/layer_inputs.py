@@ -174,6 +174,9 @@ def hooks_visible() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(was)
 
 
+WIDE_MAX = 2**26  # entries of X^T X summed in float64 (512 MiB); larger: in ``dtype``
+
+
 class LayerInputStats:
     """Accumulates ``sum x x^T`` and the row count of one tensor's inputs.
 
@@ -212,7 +215,7 @@ class LayerInputStats:
             self._add(*self._gram(owner, self._owned or self.tensor, args, kwargs, out))
 
     def _add(self, xtx: Tensor, count: int) -> None:
-        xtx = xtx.to(self.dtype)
+        xtx = xtx.to(self.sum_dtype(xtx.numel()))
         if not bool(torch.isfinite(xtx).all()):
             raise NumericalError(
                 f"the inputs of {self.name} contain NaN or infinite values; check the "
@@ -220,6 +223,11 @@ class LayerInputStats:
             )
         self.sum_ = xtx if self.sum_ is None else self.sum_ + xtx
         self.count_ += count
+
+    def sum_dtype(self, numel: int) -> torch.dtype:
+        """float64 for the running sum (the order of batches or ranks then changes nothing
+        at ``dtype``'s precision), unless it would exceed ``WIDE_MAX`` entries."""
+        return torch.float64 if numel <= WIDE_MAX else self.dtype
 
     def attach(self) -> LayerInputStats:
         self.detach()
@@ -236,4 +244,4 @@ class LayerInputStats:
             raise DataError(
                 f"{self.name} saw no inputs; run calibration data through the model first"
             )
-        return 2.0 * self.sum_ / self.count_
+        return (2.0 * self.sum_ / self.count_).to(self.dtype)

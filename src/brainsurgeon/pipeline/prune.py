@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed as parallel
 from .. import runs, state
 from ..data.core import DataLike
 from ..errors import ConfigError, RunDirError
@@ -52,6 +53,7 @@ def prune_run(
     model.to(device)
     if (store.root / runs.CONFIG_FILE).exists():
         return _finished(model, config, store)
+    parallel.barrier("reading the output directory")  # before rank 0 writes the first round
     with unchanged_on_error(model, plan.targets):  # the finished rounds stay on disk
         records = _resume(model, store) if resume else []
         start = len(records) + 1
@@ -90,6 +92,7 @@ def open_store(
     store = RoundStore(out_dir, config, base_config)
     if store.root.exists() and force and not resume:
         store.clear()
+    parallel.barrier("opening the output directory")  # every rank has checked it, rank 0 cleared
     return store
 
 

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .. import distributed as parallel
 from .. import runs, state
 from .._io import atomic_dir, write_json
 from ..config import Config
@@ -118,5 +119,6 @@ class RoundStore:
         ]
 
     def clear(self) -> None:
-        if self.root.exists():
+        """Delete the run directory (rank 0 only under ``torch.distributed``)."""
+        if self.root.exists() and parallel.is_main():
             shutil.rmtree(self.root)

@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed as parallel
 from ..data.augment import augment
 from ..data.core import DataBundle, DataLike, as_dataset
+from ..distributed.training import local_rows, sync_grads, sync_module
 from ..errors import ConfigError, NumericalError, UnsupportedLayerError
 from ..losses import LossLike, resolve_loss
 from ..models.adapters import Targets, compressible, layout_of
@@ -169,6 +171,7 @@ def fit(
     model.to(device)
     penalties = [*(penalties or []), *config_penalties(config)]
     opt = make_optimizer(params if params is not None else model.parameters(), config)
+    sync_module(model)  # under torch.distributed: every rank starts from rank 0's weights
     step = (opt, objective, penalties, torch.Generator().manual_seed(config.seed), device)
     history: list[dict[str, Any]] = []
     best = _Best(config.patience)
@@ -262,16 +265,20 @@ def _epoch(model, dataset, step, config, progress, desc):
         if config.shift or config.noise:
             x = augment(x, noise=config.noise, shift=config.shift, generator=gen)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model, x, y)
-        for pen in penalties:
-            loss = loss + pen(model)
+        if parallel.active():
+            loss = _parallel_backward(model, opt, loss_fn, penalties, x, y)
+        else:
+            loss = loss_fn(model, x, y)
+            for pen in penalties:
+                loss = loss + pen(model)
         if not torch.isfinite(loss):
             bar.close()
             raise NumericalError(
                 f"training loss became {loss.item()} in {desc}; lower the learning rate "
                 "(--lr) or the penalty strength"
             )
-        loss.backward()
+        if loss.requires_grad:
+            loss.backward()
         opt.step()
         if config.max_norm:
             clip_unit_norms(model, config.max_norm)
@@ -283,3 +290,24 @@ def _epoch(model, dataset, step, config, progress, desc):
     bar.close()
     elapsed = time.perf_counter() - start
     return {"train_loss": total_loss / max(seen, 1), "seconds": round(elapsed, 3)}
+
+
+def _parallel_backward(model, opt, loss_fn, penalties, x, y) -> torch.Tensor:
+    """This rank's share of the global batch's gradient, then the sum over the ranks.
+
+    Objective ``(n_r / n) mean_r(loss) + penalty / W``: the summed gradient is the one
+    process's gradient of the global batch (see :mod:`brainsurgeon.distributed.training`).
+    Returns the global loss (detached: the gradients are already in place).
+    """
+    rows, n = local_rows(int(y.shape[0])), int(y.shape[0])
+    xs, ys = x[rows], y[rows]
+    part = xs.new_zeros((), dtype=torch.float32)
+    if ys.shape[0]:
+        part = loss_fn(model, xs, ys) * (ys.shape[0] / n)
+    share = 1.0 / parallel.world_size()
+    for pen in penalties:
+        part = part + pen(model) * share
+    if part.requires_grad:
+        part.backward()
+    params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+    return torch.tensor(sync_grads(params, part))

@@ -15,10 +15,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...curvature import LayerInputStats, collect
+from ... import distributed as parallel
+from ...curvature import LayerInputStats
 from ...curvature.context import finish, weights
 from ...curvature.layer_inputs import from_matrix, hooks_visible, input_owner, weight_matrix
 from ...curvature.layers import functional_model
+from ...distributed import layers
 from ...errors import ConfigError, UnsupportedLayerError, check_fraction, check_positive_int
 from ...models.adapters import layout_of
 from ...solvers import damped_inverse_cholesky, layer_obs_update, obc_prune, sparsegpt
@@ -80,9 +82,15 @@ class LayerwiseOBS(Solver):
                     "is not a weight: exclude biases (include_bias=False) or use criterion 'obs'"
                 )
 
-    def input_hessians(self, ctx: SaliencyContext, names, model=None) -> dict[str, Tensor]:
+    def input_hessians(
+        self, ctx: SaliencyContext, names, model=None, owners: dict[str, int] | None = None
+    ) -> dict[str, Tensor]:
         """``{name: H = 2 X X^T / N}`` of the listed layers' inputs over ``ctx.data``, run
-        through ``model`` (default ``ctx.model``; a copy holding already solved layers)."""
+        through ``model`` (default ``ctx.model``; a copy holding already solved layers).
+
+        Under ``torch.distributed`` each rank runs its share of the data and the statistics
+        are summed over the ranks; with ``owners`` ({name: rank}) only to each layer's
+        owner, and the other ranks get no ``H`` for it."""
         data = ctx.require_data(self.name)
         model = ctx.model if model is None else model
         modules = _same_modules(ctx, model)
@@ -94,7 +102,7 @@ class LayerwiseOBS(Solver):
         }
         try:
             with hooks_visible():
-                collect(
+                parallel.collect(
                     _Forward(model),
                     model,
                     data,
@@ -102,11 +110,15 @@ class LayerwiseOBS(Solver):
                     device=ctx.device,
                     progress=ctx.progress,
                     desc=self.name,
+                    reduce_result=False,
                 )
         finally:
             for s in stats.values():
                 s.detach()
-        return {n: s.hessian() for n, s in stats.items()}
+        owners = owners or {}
+        for n, s in stats.items():
+            parallel.reduce(s, dst=owners.get(n))
+        return {n: s.hessian() for n, s in stats.items() if layers.mine(owners, n)}
 
     def statistics(self, ctx: SaliencyContext) -> dict[str, Tensor]:
         """Every target layer's input Hessian on the unpruned model (one calibration pass)."""
@@ -130,13 +142,18 @@ class LayerwiseOBS(Solver):
         """Refit the kept weights of every layer to its outputs: ``layer_obs_update``."""
         hessians = self.statistics(ctx) if stats is None else stats
         w = weights(ctx)
+        owners = self._owners(ctx, list(hessians)) if parallel.active() else {}
         out = {}
         for name, H in hessians.items():
+            out[name] = w[name].clone()
+            if not layers.mine(owners, name):  # solved by its owner, broadcast below
+                continue
             module, tensor = ctx.targets[name]
             k = keep[name] & ctx.masks[name] if name in ctx.masks else keep[name]
             W2 = weight_matrix(module, tensor, w[name])
             new = layer_obs_update(W2, H, weight_matrix(module, tensor, k), damp=self.damp)
-            out[name] = from_matrix(module, tensor, new, w[name].shape)
+            out[name] = from_matrix(module, tensor, new, w[name].shape).to(w[name].dtype)
+        layers.share(out, owners, "the refitted weights")
         return out
 
     def solve(
@@ -154,10 +171,13 @@ class LayerwiseOBS(Solver):
         self._check(ctx)
         amounts = self._amounts(ctx, sparsity, nm)
         names = [n for n in ctx.targets if n in amounts]
+        owners = self._owners(ctx, names) if parallel.active() else {}
         if self.sequential:
             hessians = {}
+        elif stats is not None:
+            hessians = stats
         else:
-            hessians = stats if stats is not None else self.input_hessians(ctx, names)
+            hessians = self.input_hessians(ctx, names, owners=owners)
         work = functional_model(ctx.model, always_copy=True) if self.sequential else None
         keep, new = {}, {}
         for name in ctx.targets:
@@ -169,16 +189,37 @@ class LayerwiseOBS(Solver):
             new[name] = w.clone()
             if name not in amounts:
                 continue
-            H = self.input_hessians(ctx, [name], work)[name] if work is not None else hessians[name]
-            module, tensor = ctx.targets[name]
-            W2, k2 = weight_matrix(module, tensor, w), weight_matrix(module, tensor, keep[name])
-            W_new, k_new = self._solve(W2, H, amounts[name], nm, k2)
-            new[name] = from_matrix(module, tensor, W_new, w.shape)
-            keep[name] = from_matrix(module, tensor, k_new, w.shape)
-            if work is not None:  # later layers calibrate on this layer's pruned outputs
+            if work is not None:
+                hessians = self.input_hessians(ctx, [name], work, owners=owners)
+            if layers.mine(owners, name):
+                module, tensor = ctx.targets[name]
+                W2, k2 = weight_matrix(module, tensor, w), weight_matrix(module, tensor, keep[name])
+                W_new, k_new = self._solve(W2, hessians[name], amounts[name], nm, k2)
+                new[name] = from_matrix(module, tensor, W_new, w.shape).to(w.dtype)
+                keep[name] = from_matrix(module, tensor, k_new, w.shape)
+            if work is not None:  # the owner's result, then later layers calibrate on it
+                layers.share({name: new[name]}, owners, "the solved weights")
+                layers.share({name: keep[name]}, owners, "the solved mask")
                 with torch.no_grad():
                     getattr(_same_modules(ctx, work)[name], ctx.targets[name][1]).copy_(new[name])
+        if work is None:  # every layer solved by its owner: share the results
+            layers.share({n: new[n] for n in amounts}, owners, "the solved weights")
+            layers.share({n: keep[n] for n in amounts}, owners, "the solved mask")
         return keep, new
+
+    def _owners(self, ctx, names) -> dict[str, int]:
+        """Each solved layer's rank, balanced by the cost of its solve."""
+        costs = {}
+        for n in names:
+            module, tensor = ctx.targets[n]
+            rows, cols = weight_matrix(module, tensor, ctx.tensor(n).detach()).shape
+            costs[n] = layers.solve_cost(rows, cols, exact=self._uses_obc(rows, cols))
+        return layers.assign(costs)
+
+    def _uses_obc(self, rows: int, cols: int) -> bool:
+        return self.method == "obc" or (
+            self.method == "auto" and rows * float(cols) ** 3 <= OBC_MAX_COST
+        )
 
     def _amounts(self, ctx, sparsity, nm) -> dict[str, float | None]:
         if nm is not None:
@@ -195,10 +236,6 @@ class LayerwiseOBS(Solver):
         return {n: s for n in ctx.targets}
 
     def _solve(self, W: Tensor, H: Tensor, sparsity, nm, keep):
-        rows, cols = W.shape
-        use_obc = self.method == "obc" or (
-            self.method == "auto" and rows * float(cols) ** 3 <= OBC_MAX_COST
-        )
-        if use_obc:
+        if self._uses_obc(*W.shape):
             return obc_prune(W, H, sparsity, nm, damp=self.damp, keep=keep)
         return sparsegpt(W, H, sparsity, nm, block_size=self.block_size, damp=self.damp, keep=keep)

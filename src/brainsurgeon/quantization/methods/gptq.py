@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ... import distributed as parallel
 from ...curvature.layer_inputs import INPUT_RULES, LayerInputStats, hooks_visible, input_owner
 from ...data.core import DataLike, Dataset, as_dataset
 from ...errors import ConfigError, UnsupportedLayerError, check_positive_int
@@ -81,15 +82,19 @@ def _stats(model: nn.Module, layer: LayerPlan) -> LayerInputStats:
 def input_hessian(
     model: nn.Module, layer: LayerPlan, calib: Dataset, device: torch.device, batch_size: int = 256
 ) -> torch.Tensor:
-    """``H = 2 X X^T / N`` (float64, ``(cols, cols)``) of the tensor's inputs over ``calib``."""
+    """``H = 2 X X^T / N`` (float64, ``(cols, cols)``) of the tensor's inputs over ``calib``.
+
+    Under ``torch.distributed`` each rank runs its share of ``calib`` and the sums are
+    reduced over the ranks (every rank gets ``H`` and solves the same, deterministically).
+    """
     stats = _stats(model, layer).attach()
     try:
         with preserved_modes(model, "eval"), hooks_visible():
-            for x, _ in calib.batches(batch_size, device=device):
+            for x, _ in parallel.shard(calib, batch_size).batches(batch_size, device=device):
                 model(x)
     finally:
         stats.detach()
-    return stats.hessian()
+    return parallel.reduce(stats).hessian()
 
 
 def _hookable(layer: LayerPlan) -> str | None:
