@@ -128,6 +128,10 @@ def test_heads_and_ffn_neurons_shrink_exactly(bert, tmp_path):
         ("obd", {}),
         ("obd-sd", {}),
         ("layerwise-obs", {"method": "sparsegpt"}),
+        ("random", {}),
+        ("obs", {}),
+        ("true-damage", {}),
+        ("dropout-regression", {}),
     ],
 )
 def test_every_criterion_prunes_the_encoder(bert, criterion, options):
@@ -145,14 +149,25 @@ def test_every_criterion_prunes_the_encoder(bert, criterion, options):
     assert result is not None
 
 
-@pytest.mark.parametrize("method", ["uniform", "kmeans", "gptq"])
+QUANT_OPTIONS = {
+    "uniform": {"bits": 4},
+    "kmeans": {"bits": 4},
+    "gptq": {"bits": 4, "group_size": 16},
+    "binary": {},
+    "ternary": {},
+    "product": {"bits": 4, "exclude": ("backbone.embeddings.*",)},
+    "residual": {"bits": 4, "exclude": ("backbone.embeddings.*",)},
+}
+
+
+@pytest.mark.parametrize("method", sorted(QUANT_OPTIONS))
 def test_quantizers_run_and_round_trip(bert, tmp_path, method):
     from brainsurgeon import quantize
     from brainsurgeon.quantization import quant_config
 
     model, _, _ = bert
     data = _data(model)
-    quantize(model, quant_config(method, bits=4), data, loss="cosine")
+    quantize(model, quant_config(method, **QUANT_OPTIONS[method]), data, loss="cosine")
     x = _tokens()
     path = runs.save(model, tmp_path / method)
     with torch.no_grad():
