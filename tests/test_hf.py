@@ -221,3 +221,36 @@ def test_wrong_input_layout_is_refused(bert):
     with pytest.raises(ConfigError, match=r"\(N, 2, L\)"):
         model(torch.zeros(3, LENGTH, dtype=torch.long))
     assert isinstance(model, HFEncoder)
+
+
+def test_a_pruned_model_saves_as_a_transformers_folder(bert, tmp_path):
+    from brainsurgeon import PruneConfig, prune
+    from brainsurgeon.models.hf import save_pretrained
+
+    model, _, _ = bert
+    prune(model, PruneConfig(amount=0.5, exclude=("backbone.embeddings.*",)), progress=False)
+    folder = save_pretrained(model, tmp_path / "hf")
+    back = transformers.AutoModel.from_pretrained(folder).eval()
+    x = _tokens()
+    with torch.no_grad():
+        h = back(input_ids=x[:, 0], attention_mask=x[:, 1]).last_hidden_state
+        m = x[:, 1].unsqueeze(-1).float()
+        torch.testing.assert_close(
+            F.normalize((h * m).sum(1) / m.sum(1), dim=-1), model(x), atol=1e-5, rtol=1e-5
+        )
+    w = back.encoder.layer[0].output.dense.weight
+    assert abs(float((w == 0).float().mean()) - 0.5) < 0.05
+
+
+def test_a_shrunk_model_is_not_a_transformers_folder(bert, tmp_path):
+    from brainsurgeon.models.hf import save_pretrained
+    from brainsurgeon.structured import find_groups, shrink
+
+    model, _, _ = bert
+    g = find_groups(model, _tokens(), "head")[0]
+    keep = torch.ones(g.units, dtype=torch.bool)
+    keep[0] = False
+    shrink(model, {g: keep})
+    with pytest.raises(ConfigError, match="cannot express"):
+        save_pretrained(model, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

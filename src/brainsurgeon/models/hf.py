@@ -382,6 +382,31 @@ __all__ = [
     "is_hf",
     "load_pretrained",
     "read_hf_config",
+    "save_pretrained",
     "tokenizer_source",
     "transformers_module",
 ]
+
+
+def save_pretrained(model: HFEncoder, folder: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write ``model`` (masks and quantizers baked in) as a folder that
+    ``transformers.AutoModel.from_pretrained(folder)`` loads: config, weights, tokenizer files.
+    Written atomically; refused when an architecture edit makes it impossible."""
+    from .._io import atomic_dir
+    from ..state import edits_of
+
+    if not isinstance(model, HFEncoder):
+        raise ConfigError(
+            f"--format hf needs a Hugging Face model (brainsurgeon import), got "
+            f"{type(model).__name__}; export it as .bsc or ONNX instead"
+        )
+    files = hf_layout_files(model, edits_of(model), weights=True, prefix="")
+    path = Path(folder)
+    with atomic_dir(path, force=force) as tmp:
+        for name, content in files.items():
+            target = tmp / name
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                target.write_text(content)
+    return path
