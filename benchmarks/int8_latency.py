@@ -6,7 +6,8 @@ Models: a 4096-4096-4096 MLP (two 4096x4096 Linear layers with a ReLU) at batch 
 LeNet-300-100 at batch 1 and 64. Paths (``int8_variants.VARIANTS``): PyTorch fp32 (the
 reference), torch.ao dynamic int8 (``brainsurgeon.quantization.to_int8``), onnxruntime fp32,
 onnxruntime dynamic int8 (int8 / uint8 weights, per channel / per tensor), onnxruntime static
-QDQ int8 (calibrated on the batch itself) and torchao's int8 config when torchao imports.
+QDQ int8 (calibrated on 64 fresh samples of the input distribution) and torchao's int8
+config when torchao imports (it is not a dependency; put an unpacked wheel on PYTHONPATH).
 All paths of one (model, batch, threads) are timed in interleaved rounds (each round times
 every path once, median of its calls); the fastest of the rounds' medians is kept and
 ``speedup = torch fp32 / path``. Output error is against PyTorch fp32 on the timed batch:

@@ -54,11 +54,15 @@ def test_cli_float_export_matches_pytorch_at_any_batch(which, request, digits, t
     payload = json.loads(proc.stdout)
     assert payload["check"]["passed"] and payload["check"]["relative_error"] <= 1e-4
     assert payload["check"]["samples"] == min(256, len(digits.test))
-    assert payload["input_shape"] == ["batch", 1, 8, 8] and payload["file_bytes"] == out.stat().st_size
+    assert (
+        payload["input_shape"] == ["batch", 1, 8, 8] and payload["file_bytes"] == out.stat().st_size
+    )
     for n in (1, 7):
         x = digits.test.x[:n]
         ref = _torch_outputs(run, x)
-        torch.testing.assert_close(_ort_outputs(out, x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max())
+        torch.testing.assert_close(
+            _ort_outputs(out, x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max()
+        )
 
 
 def test_cli_int8_export_is_quantized_and_close(trained_run, digits, tmp_path):
@@ -138,15 +142,22 @@ BAD = [
 ]
 
 
+def _main(capsys, *argv: str) -> tuple[int, list[str]]:
+    """The CLI entry point in-process (what ``run_cli`` runs, without a new interpreter)."""
+    from brainsurgeon.cli.main import main
+
+    code = main(list(argv))
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
 @pytest.mark.parametrize("args, message", BAD)
-def test_bad_options_exit_2_with_one_line_and_no_file(trained_run, tmp_path, args, message):
-    argv = [a.format(tmp=tmp_path) for a in args]
-    proc = run_cli("export", str(trained_run), *argv)
-    assert proc.returncode == 2 and message in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+def test_bad_options_exit_2_with_one_line_and_no_file(trained_run, tmp_path, capsys, args, message):
+    code, err = _main(capsys, "export", str(trained_run), *[a.format(tmp=tmp_path) for a in args])
+    assert code == 2 and len(err) == 1 and message in err[0]
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_a_missing_run_exits_2(tmp_path):
-    proc = run_cli("export", str(tmp_path / "nope"), "--out", str(tmp_path / "x.onnx"))
-    assert proc.returncode == 2 and "does not exist" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+def test_a_missing_run_exits_2(tmp_path, capsys):
+    code, err = _main(capsys, "export", str(tmp_path / "nope"), "--out", str(tmp_path / "x.onnx"))
+    assert code == 2 and len(err) == 1 and "does not exist" in err[0]
+    assert list(tmp_path.iterdir()) == []

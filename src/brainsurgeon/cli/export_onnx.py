@@ -114,5 +114,7 @@ def render(p: dict) -> str:
     if "top1_agreement" in c:
         rows.append(["top-1 agreement", f"{100 * c['top1_agreement']:.2f}%"])
     v = p["versions"]
-    rows.append(["versions", f"onnx {v['onnx']}, onnxruntime {v['onnxruntime']}, opset {v['opset']}"])
+    rows.append(
+        ["versions", f"onnx {v['onnx']}, onnxruntime {v['onnxruntime']}, opset {v['opset']}"]
+    )
     return table(rows, ["", "onnx export"])

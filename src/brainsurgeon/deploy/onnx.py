@@ -95,15 +95,7 @@ def export_onnx(
         step = 32 if batch_dynamic else max(1, int(batch))
         graph = quantize_int8(graph, int8, calibration=calib, calibration_batch=step)
     check = compare(model, graph, check_x, batch=None if batch_dynamic else int(batch))
-    check.update(source=source, tolerance=INT8_TOLERANCE if quant else FLOAT_TOLERANCE)
-    check["passed"] = check["relative_error"] <= check["tolerance"]
-    if not check["passed"]:
-        raise NumericalError(
-            f"onnxruntime's outputs differ from PyTorch's by {check['relative_error']:.3g} "
-            f"(relative, max {check['max_abs_diff']:.3g}) > tolerance {check['tolerance']:g} "
-            f"on {check['samples']} samples; nothing written (try --runtime dense or "
-            "--int8 static/dynamic)"
-        )
+    _require_close(check, INT8_TOLERANCE if quant else FLOAT_TOLERANCE, source)
     write_bytes(path, graph)
     out_tail = list(check.pop("output_tail"))
     dim0 = "batch" if batch_dynamic else int(batch)
@@ -140,6 +132,19 @@ def compare(model: nn.Module, graph: bytes, x: torch.Tensor, *, batch: int | Non
     if not bool(torch.isfinite(got).all()):
         out["relative_error"] = float("inf")
     return out
+
+
+def _require_close(check: dict, tolerance: float, source: str) -> None:
+    """Record the tolerance in ``check``; :class:`NumericalError` if it is exceeded."""
+    check.update(source=source, tolerance=tolerance)
+    check["passed"] = check["relative_error"] <= tolerance
+    if not check["passed"]:
+        raise NumericalError(
+            f"onnxruntime's outputs differ from PyTorch's by {check['relative_error']:.3g} "
+            f"(relative, max {check['max_abs_diff']:.3g}) > tolerance {tolerance:g} on "
+            f"{check['samples']} samples; nothing written (try --runtime dense or "
+            "--int8 static/dynamic)"
+        )
 
 
 def _baked(model, data):
