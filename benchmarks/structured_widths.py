@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         say(
             f"{name}: acc {100 * info['accuracy']:.2f}% ({loss:+.2f} pt), b1 speedups "
-            + ", ".join(f"{k} {v['speedup_b1']:.2f}x" for k, v in lat["runtimes"].items())
+            + ", ".join(
+                f"{k} {v['speedup_b1']:.2f}x (min {v['speedup_min_b1']:.2f}x)"
+                for k, v in lat["runtimes"].items()
+            )
         )
     out = {
         "benchmark": "structured_widths",
