@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="fewer cases, shorter rounds")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     args = ap.parse_args(argv)
     budget = 0.1 if args.quick else 0.3
     rounds = 2 if args.quick else args.rounds

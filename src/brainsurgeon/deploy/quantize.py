@@ -8,7 +8,12 @@
   onnxruntime fuses into ``QGemm`` / ``QLinearConv`` kernels; needs representative inputs.
 
 Which one is faster and how exact each is was measured on a 4096-4096-4096 MLP and
-LeNet-300-100 (``benchmarks/int8_latency.py``); :data:`DEFAULT_INT8` is the winner there.
+LeNet-300-100 (``benchmarks/int8_latency.py``); :data:`DEFAULT_INT8` is the winner there:
+on the MLP at batch 64, dynamic int8 with per-channel int8 weights ran 8.0x (1 thread) and
+8.2x (2 threads) faster than PyTorch fp32 at 1.1% relative error, against 4.7x / 3.2x for
+torch.ao dynamic int8 and 8.2x / 6.0x for static QDQ (shared, loaded machine: re-measure).
+Weights as uint8 were slow (1.8x); static QDQ clips activations beyond the calibrated range
+(LeNet-300-100: 3.4% relative error against dynamic's 1.2%).
 """
 
 from __future__ import annotations
