@@ -7,7 +7,8 @@ buffers) and ``onnx-run`` (a plain ``InferenceSession.run`` on numpy arrays); ``
 skipped with the reason when onnxruntime is missing. Each round times every (runtime, model,
 batch) once in blocks of ~1 ms; kept: the fastest of the rounds' medians (``*_ms``,
 ``speedup_b*``) and the fastest block of all rounds (``*_min_ms``, ``speedup_min_b*``, the
-figure least disturbed by other processes on a shared machine).
+figure least disturbed by preemption) and the median over rounds of each round's dense /
+shrunk ratio (``speedup_paired_b*``: both timed seconds apart, so slow load changes cancel).
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def latency_table(
                 row[f"{which}_b{b}_min_ms"] = min(f for _, f in times[(name, which, b)])
             row[f"speedup_b{b}"] = row[f"dense_b{b}_ms"] / row[f"shrunk_b{b}_ms"]
             row[f"speedup_min_b{b}"] = row[f"dense_b{b}_min_ms"] / row[f"shrunk_b{b}_min_ms"]
+            pairs = zip(times[(name, "dense", b)], times[(name, "shrunk", b)], strict=True)
+            ratios = sorted(d[0] / s[0] for d, s in pairs)  # same round: adjacent in time
+            row[f"speedup_paired_b{b}"] = ratios[len(ratios) // 2]
         table[name] = row
     return {
         "runtimes": table,

@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         say(
             f"{name}: acc {100 * info['accuracy']:.2f}% ({loss:+.2f} pt), b1 speedups "
             + ", ".join(
-                f"{k} {v['speedup_b1']:.2f}x (min {v['speedup_min_b1']:.2f}x)"
+                f"{k} {v['speedup_b1']:.2f}x (min {v['speedup_min_b1']:.2f}x, paired "
+                f"{v['speedup_paired_b1']:.2f}x)"
                 for k, v in lat["runtimes"].items()
             )
         )
