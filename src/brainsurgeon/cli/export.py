@@ -8,6 +8,10 @@ entropy coder, whichever is smallest. The table shows, per tensor, the bytes of 
 positions (indices), the codebook/scales and the rest, with bits per nonzero weight and per
 index, and the total against fp32 (4 bytes a parameter). Load it with ``brainsurgeon.load``
 or pass it to ``evaluate``, ``inspect`` and ``report``.
+
+``--format onnx`` (or an ``--out`` ending in ``.onnx``) writes an ONNX graph instead, dense or
+``--runtime int8``, checked against PyTorch in onnxruntime before it is written (needs
+``pip install brainsurgeon[deploy]``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 from pathlib import Path
 
 from .common import add_command, add_common, emit, say, table
+from .export_onnx import add_onnx_options, resolve_format, run_onnx
 from .runs_common import check_out
 
 EPILOG = """\
@@ -24,15 +29,17 @@ examples:
   brainsurgeon export runs/lenet300-p92-q5 --out lenet300.bsc --index-bits auto
   brainsurgeon export runs/lenet300-p92-q5 --out lenet300.bsc --codec huffman --json
   brainsurgeon evaluate lenet300.bsc          # accuracy computed from the file
-  ls -l lenet300.bsc                          # the size printed is this size"""
+  ls -l lenet300.bsc                          # the size printed is this size
+  brainsurgeon export runs/lenet300-shrunk --out lenet300.onnx
+  brainsurgeon export runs/lenet300 --format onnx --out lenet300-int8.onnx --runtime int8"""
 
 CODECS = ("auto", "raw", "huffman", "ans")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "export", "write a run as one compressed .bsc file", __doc__, EPILOG)
+    p = add_command(sub, "export", "write a run as one .bsc (or .onnx) file", __doc__, EPILOG)
     p.add_argument("run", help="run directory (or a .bsc file to re-encode)")
-    p.add_argument("--out", required=True, help="output file, e.g. model.bsc")
+    p.add_argument("--out", required=True, help="output file, e.g. model.bsc or model.onnx")
     p.add_argument(
         "--index-bits",
         default=None,
@@ -47,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stream codec (default auto: the smallest of raw, huffman and ans per stream)",
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    add_onnx_options(p)
     add_common(p, device=False, seed=False)
     p.set_defaults(func=run)
 
@@ -54,11 +62,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..container import export
 
+    fmt = resolve_format(args)
     out = check_out(args.out, args.force)
     if out.is_dir():
         from ..errors import RunDirError
 
         raise RunDirError(f"{out} is a directory; --out takes a file name such as model.bsc")
+    if not Path(args.run).exists():
+        from ..errors import RunDirError
+
+        raise RunDirError(f"{args.run} does not exist; pass a run directory or a .bsc file")
+    if fmt == "onnx":
+        return run_onnx(args, out)
     codecs = None if args.codec == "auto" else ("raw", args.codec)
     say(args, f"exporting {args.run} -> {out}")
     result = export(args.run, out, index_bits=args.index_bits, codecs=codecs)

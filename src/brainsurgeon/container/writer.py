@@ -68,7 +68,18 @@ def export(
     CSR gap width (None = 5 for fc and 8 for conv, ``"auto"`` = the smallest of 2..10);
     ``codecs``: allowed stream codecs (default all: raw, Huffman, the entropy coder).
     ``model`` may be a run directory: its config and metrics are kept in the file.
+    A ``path`` ending in ``.onnx`` writes an ONNX graph instead and returns
+    :class:`brainsurgeon.deploy.OnnxExport` (:func:`brainsurgeon.deploy.export_onnx`).
     """
+    if Path(path).suffix.lower() == ".onnx":
+        if config or metrics or index_bits is not None or codecs is not None:
+            raise ConfigError(
+                "config, metrics, index_bits and codecs apply to .bsc files; an .onnx path "
+                "takes none (use brainsurgeon.deploy.export_onnx for its options)"
+            )
+        from ..deploy import export_onnx
+
+        return export_onnx(model, path)  # type: ignore[return-value]
     data, table = encode(
         model, config=config, metrics=metrics, index_bits=index_bits, codecs=codecs
     )
