@@ -121,3 +121,13 @@ def test_a_folder_without_weights_is_refused(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     proc = run_cli("import", str(tmp_path / "m"), "--text", str(SAMPLE))
     assert proc.returncode == 2 and "no model.safetensors" in proc.stderr
+
+
+def test_export_as_a_transformers_folder(imported):
+    root, _, run = imported
+    out = root / "as-hf"
+    run_cli("export", str(run), "--format", "hf", "--out", str(out), check=True)
+    model = transformers.AutoModel.from_pretrained(out)
+    assert model.config.hidden_size == 32 and (out / "tokenizer_config.json").exists()
+    proc = run_cli("export", str(run), "--format", "hf", "--out", str(out))
+    assert proc.returncode == 2 and "already exists" in proc.stderr

@@ -11,7 +11,8 @@ or pass it to ``evaluate``, ``inspect`` and ``report``.
 
 ``--format onnx`` (or an ``--out`` ending in ``.onnx``) writes an ONNX graph instead, dense or
 ``--runtime int8``, checked against PyTorch in onnxruntime before it is written (needs
-``pip install brainsurgeon[deploy]``).
+``pip install brainsurgeon[deploy]``). ``--format hf`` writes a Hugging Face run as a folder
+that ``transformers`` itself loads (masks and quantizers baked; not after surgery).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ examples:
   brainsurgeon evaluate lenet300.bsc          # accuracy computed from the file
   ls -l lenet300.bsc                          # the size printed is this size
   brainsurgeon export runs/lenet300-shrunk --out lenet300.onnx
-  brainsurgeon export runs/lenet300 --format onnx --out lenet300-int8.onnx --runtime int8"""
+  brainsurgeon export runs/lenet300 --format onnx --out lenet300-int8.onnx --runtime int8
+  brainsurgeon export runs/minilm-sgpt --format hf --out minilm-sgpt/   # transformers loads it"""
 
 CODECS = ("auto", "raw", "huffman", "ans")
 
@@ -64,6 +66,14 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = resolve_format(args)
     out = check_out(args.out, args.force)
+    if fmt == "hf":
+        from .export_onnx import run_hf
+
+        if not Path(args.run).exists():
+            from ..errors import RunDirError
+
+            raise RunDirError(f"{args.run} does not exist; pass a run directory")
+        return run_hf(args, out)
     if out.is_dir():
         from ..errors import RunDirError
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .common import emit, say, table
 
-FORMATS = ("bsc", "onnx")
+FORMATS = ("bsc", "onnx", "hf")
 ONNX_ONLY = ("runtime", "int8", "batch_dynamic", "batch", "check_samples")
 
 
@@ -17,8 +17,9 @@ def add_onnx_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         default=None,
-        metavar="bsc|onnx",
-        help="output format (default: from --out's suffix, .onnx -> onnx, else bsc)",
+        metavar="bsc|onnx|hf",
+        help="output format (default: from --out's suffix, .onnx -> onnx, else bsc); hf: a "
+        "folder transformers.AutoModel.from_pretrained reads (Hugging Face runs)",
     )
     p.add_argument(
         "--runtime",
@@ -55,7 +56,14 @@ def resolve_format(args: argparse.Namespace) -> str:
     suffix = Path(args.out).suffix.lower()
     fmt = args.format or ("onnx" if suffix == ".onnx" else "bsc")
     if fmt not in FORMATS:
-        raise ConfigError(f"--format must be bsc or onnx, got {fmt!r}")
+        raise ConfigError(f"--format must be bsc, onnx or hf, got {fmt!r}")
+    if fmt == "hf":
+        if args.index_bits is not None or args.codec != "auto":
+            raise ConfigError("--index-bits and --codec apply to --format bsc only")
+        given = [o for o in ONNX_ONLY if getattr(args, o, None) is not None]
+        if given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} applies to --format onnx only")
+        return fmt
     if fmt == "onnx" and suffix != ".onnx":
         raise ConfigError(f"--format onnx writes a .onnx file; got --out {args.out}")
     if fmt == "bsc" and suffix == ".onnx":
@@ -67,6 +75,25 @@ def resolve_format(args: argparse.Namespace) -> str:
     if fmt == "onnx" and (args.index_bits is not None or args.codec != "auto"):
         raise ConfigError("--index-bits and --codec apply to --format bsc only")
     return fmt
+
+
+def run_hf(args: argparse.Namespace, out: Path) -> int:
+    """``--format hf``: the run's model, baked, in the layout transformers loads."""
+    from ..models.hf import save_pretrained
+    from ..runs import load_run
+
+    run = load_run(args.run)
+    say(args, f"exporting {args.run} -> {out}/ (transformers layout)")
+    folder = save_pretrained(run.model, out, force=args.force)
+    files = sorted(p.name for p in folder.iterdir())
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    rows = [[str(folder), len(files), size]]
+    emit(
+        args,
+        {"out": str(folder), "files": files, "bytes": size},
+        table(rows, ["folder", "files", "bytes"]),
+    )
+    return 0
 
 
 def run_onnx(args: argparse.Namespace, out: Path) -> int:
