@@ -131,3 +131,23 @@ def test_export_as_a_transformers_folder(imported):
     assert model.config.hidden_size == 32 and (out / "tokenizer_config.json").exists()
     proc = run_cli("export", str(run), "--format", "hf", "--out", str(out))
     assert proc.returncode == 2 and "already exists" in proc.stderr
+
+
+def test_onnx_export_of_the_encoder_runs_in_onnxruntime(imported):
+    pytest.importorskip("onnxruntime", reason="the ONNX round trip needs onnxruntime")
+    from brainsurgeon import runs
+    from brainsurgeon.deploy.session import make_session, run_session
+
+    root, _, run = imported
+    for runtime in ("dense", "int8"):
+        out = root / f"enc-{runtime}.onnx"
+        proc = run_cli(
+            "export", str(run), "--format", "onnx", "--runtime", runtime, "--out", str(out),
+            "--json", check=True,
+        )  # fmt: skip
+        assert json.loads(proc.stdout)["check"]["passed"]
+    model = runs.load(run)
+    x = model.example_input((2, 16), batch=3)  # another batch size and sequence length
+    session = make_session((root / "enc-dense.onnx").read_bytes())
+    with torch.no_grad():
+        torch.testing.assert_close(run_session(session, x), model(x), atol=1e-5, rtol=1e-4)

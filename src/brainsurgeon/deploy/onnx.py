@@ -167,11 +167,15 @@ def _check_inputs(model: nn.Module, data, n: int) -> tuple[torch.Tensor, str]:
         from ..data import as_dataset
 
         split = "test" if hasattr(data, "test") else "train"
-        x = as_dataset(data, split).x[:n].float()
+        x = as_dataset(data, split).x[:n]
+        x = x if x.dtype == torch.int64 else x.float()
         return x, f"{getattr(data, 'name', 'data')} {split} split, first {len(x)} samples"
     from ..structured.api import example_of
 
-    shape = example_of(model, None).shape[1:]
+    example = example_of(model, None)
+    if example.dtype == torch.int64:  # a token model: its own full-length example
+        return example[:1].expand(n, *example.shape[1:]).clone(), f"{n} full-length token inputs"
+    shape = example.shape[1:]
     x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(0))
     return x, f"{n} standard-normal inputs (the run records no data)"
 

@@ -43,12 +43,15 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, *, batch_dynamic: bool =
             "ONNX export takes models with one tensor input (B, ...), got an example of "
             f"type {type(example).__name__}"
         )
-    if not example.is_floating_point():
+    tokens = not example.is_floating_point()
+    if tokens and example.dtype != torch.int64:
         raise UnsupportedLayerError(
-            f"ONNX export takes float inputs (B, ...), got {example.dtype} (token ids); "
-            "models that start with an embedding are not supported yet"
+            f"ONNX export takes float inputs or int64 token ids (B, ...), got {example.dtype}"
         )
     axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if batch_dynamic else None
+    if tokens and example.dim() >= 2:  # token ids: the sequence length varies too
+        axes = axes or {INPUT: {}, OUTPUT: {}}
+        axes[INPUT][example.dim() - 1] = "sequence"
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
@@ -79,8 +82,10 @@ def make_session(model_bytes: bytes, *, threads: int = 1):
 
 
 def run_session(session, x: torch.Tensor) -> torch.Tensor:
-    """``session`` on ``x`` (B, ...) float32 -> its first output as a tensor."""
-    (y, *_) = session.run(None, {INPUT: x.detach().cpu().float().numpy()})
+    """``session`` on ``x`` (B, ...) float32 (or int64 token ids) -> its first output."""
+    x = x.detach().cpu()
+    x = x if x.dtype == torch.int64 else x.float()
+    (y, *_) = session.run(None, {INPUT: x.numpy()})
     return torch.from_numpy(y)
 
 
