@@ -26,7 +26,8 @@ def test_evaluate_json_is_backwards_compatible_and_loss_flag_is_checked(trained_
     assert {"accuracy", "loss", "errors", "samples"} <= set(out) and "task" not in out
     bad = run_cli("evaluate", str(trained_run), "--loss", "msee")
     assert (
-        bad.returncode == 2 and "unknown loss 'msee'; valid: cross_entropy, l1, mse" in bad.stderr
+        bad.returncode == 2
+        and "unknown loss 'msee'; valid: cosine, cross_entropy, l1, mse" in bad.stderr
     )
 
 

@@ -89,7 +89,7 @@ def test_option_values_are_json_and_checked_against_types():
     "extra,message",
     [
         (["--criterion", "obs", "--option", "damp=big"], "--option damp: expected a number"),
-        (["--loss", "hinge"], "unknown loss 'hinge'; valid: cross_entropy, l1, mse"),
+        (["--loss", "hinge"], "unknown loss 'hinge'; valid: cosine, cross_entropy, l1, mse"),
         (["--layers", "conv*"], "layers pattern 'conv\\*' matches no compressible layer"),
     ],
 )

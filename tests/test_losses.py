@@ -22,13 +22,20 @@ def test_names_resolve_and_tasks_follow():
     assert task_of(None) == "classification"
     custom = lambda out, y: (out - y).abs().mean()  # noqa: E731
     assert resolve_loss(custom) is custom and task_of(custom) == "custom"
-    assert loss_name("mse") == "mse" and set(LOSSES.names()) == {"cross_entropy", "l1", "mse"}
+    assert loss_name("mse") == "mse" and set(LOSSES.names()) == {
+        "cosine",
+        "cross_entropy",
+        "l1",
+        "mse",
+    }
     out, y = torch.tensor([[1.0], [3.0]]), torch.tensor([0.0, 1.0])  # (n, 1) against (n,)
     assert resolve_loss("mse")(out, y).item() == pytest.approx(2.5)
 
 
 def test_an_unknown_name_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"unknown loss 'mae'; valid: cross_entropy, l1, mse"):
+    with pytest.raises(
+        ConfigError, match=r"unknown loss 'mae'; valid: cosine, cross_entropy, l1, mse"
+    ):
         resolve_loss("mae")
     with pytest.raises(ConfigError, match="loss must be a name"):
         resolve_loss(3)
@@ -71,3 +78,24 @@ def test_a_callable_loss_drives_the_statistics():
     for k in by_name:
         assert torch.allclose(by_name[k], by_callable[k], atol=1e-6)
         assert float(by_name[k].abs().sum()) > 0
+
+
+def test_cosine_loss_and_embedding_agreement_against_brute_force():
+    from brainsurgeon.training.evaluation import embedding_agreement
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(40, 6, generator=g)
+    z = y + 0.5 * torch.randn(40, 6, generator=g)
+    cos = [float(torch.dot(a, b) / (a.norm() * b.norm())) for a, b in zip(z, y, strict=True)]
+    assert float(resolve_loss("cosine")(z, y)) == pytest.approx(1 - sum(cos) / 40, rel=1e-5)
+    assert task_of("cosine") == "embedding"
+
+    def neighbours(e, i):
+        sims = [(float(torch.dot(e[i], e[j]) / (e[i].norm() * e[j].norm())), j) for j in range(40)]
+        return {j for _, j in sorted((s for s in sims if s[1] != i), reverse=True)[:10]}
+
+    overlap = sum(len(neighbours(z, i) & neighbours(y, i)) for i in range(40)) / 400
+    out = embedding_agreement(z, y)
+    assert out["cosine"] == pytest.approx(sum(cos) / 40, rel=1e-6)
+    assert out["top10"] == pytest.approx(overlap)
+    assert embedding_agreement(y, y)["top10"] == 1.0

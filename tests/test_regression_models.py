@@ -104,9 +104,13 @@ def test_early_stopping_on_regression_keeps_the_lowest_val_loss(bundle):
 
 def test_bad_losses_teach(bundle):
     model = _mlp()
-    with pytest.raises(ConfigError, match="unknown loss 'msee'; valid: cross_entropy, l1, mse"):
+    with pytest.raises(
+        ConfigError, match="unknown loss 'msee'; valid: cosine, cross_entropy, l1, mse"
+    ):
         evaluate(model, bundle, loss="msee")
-    with pytest.raises(ConfigError, match="unknown loss 'msee'; valid: cross_entropy, l1, mse"):
+    with pytest.raises(
+        ConfigError, match="unknown loss 'msee'; valid: cosine, cross_entropy, l1, mse"
+    ):
         fit(model, bundle, TrainConfig(epochs=1), loss="msee", progress=False)
     with pytest.raises(ConfigError, match=r"returned \(64, 64\) on a training batch; .*\.mean\(\)"):
         fit(model, bundle, TrainConfig(epochs=1), loss=lambda o, t: (o - t).pow(2), progress=False)
