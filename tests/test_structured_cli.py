@@ -99,3 +99,16 @@ def test_group_lasso_training_kills_units_that_pruning_removes(digits):
     result = shrink_model(model)
     assert result.units["fc1"] == [32 - died, 32]
     assert bs.evaluate(model, digits)["accuracy"] > before - 0.02
+
+
+def test_layer_sparsity_sets_each_groups_fraction_of_units(digits):
+    torch.manual_seed(0)
+    model = bs.build_model("mlp:64-40-20-10", (1, 8, 8), 10)
+    cfg = bs.PruneConfig(
+        granularity="neuron", criterion="l2", amount=0.5, scheme="per-layer",
+        layer_sparsity={"fc1": 0.75}, rounds=2, schedule="iterative",
+    )  # fmt: skip
+    result = bs.prune(model, cfg, digits, progress=False)
+    assert result.rounds[-1]["units"] == {"fc1": [10, 40], "fc2": [10, 20]}
+    with pytest.raises(ConfigError, match="not a neuron group; groups: fc1, fc2"):
+        bs.prune(model, cfg.replace(layer_sparsity={"fc9": 0.5}), digits, progress=False)

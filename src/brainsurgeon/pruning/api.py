@@ -253,9 +253,35 @@ def _plan_units(model: nn.Module, config: PruneConfig, data, loss) -> PrunePlan:
         config.schedule, config.amount, config.rounds, config.initial_amount, config.spacing
     )
     n_params = sum(p.numel() for p in model.parameters())
+    layer_plan = _unit_layer_plan(config, groups)
     return PrunePlan(
-        config, crit, targets, sparsities, None, loss, resolve_loss(loss), n_params, {}, groups
-    )
+        config, crit, targets, sparsities, layer_plan, loss, resolve_loss(loss), n_params, {},
+        groups,
+    )  # fmt: skip
+
+
+def _unit_layer_plan(config: PruneConfig, groups) -> list[dict[str, float]] | None:
+    """Per-round fractions of units per group for ``layer_sparsity`` (keys: group names such
+    as ``fc1``; unlisted groups take ``amount``); None without it."""
+    if config.layer_sparsity is None:
+        return None
+    names = [g.name for g in groups]
+    wanted = {}
+    for key, value in config.layer_sparsity.items():
+        name = key.removesuffix(".weight")
+        if name not in names:
+            raise ConfigError(
+                f"layer_sparsity names {key!r}, which is not a {config.granularity} group; "
+                f"groups: {', '.join(names)}"
+            )
+        wanted[name] = float(value)
+    per_group = {
+        n: plan(config.schedule, a, config.rounds, config.initial_amount, config.spacing)
+        if a > 0
+        else [0.0] * config.rounds
+        for n, a in ((n, wanted.get(n, config.amount)) for n in names)
+    }
+    return [{n: p[r] for n, p in per_group.items()} for r in range(config.rounds)]
 
 
 def result_of(prepared: PrunePlan, records: list[dict[str, Any]]) -> PruneResult:

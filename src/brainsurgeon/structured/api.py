@@ -107,7 +107,13 @@ def unit_round(model, prepared, r: int, data, device, progress) -> dict[str, Any
         scores[g.name] = torch.where(dead, floor.expand_as(s), s)  # removed units stay removed
     normalize = "none" if crit.name in LOSS_SCALE else "l2"
     scheme = "global" if config.scheme == "global" else "per-layer"
-    keeps = select_units(scores, target, scheme=scheme, normalize=normalize)
+    if prepared.layer_plan is not None:  # per-group fractions (layer_sparsity)
+        fractions = prepared.layer_plan[r - 1]
+        keeps = {}
+        for name, s in scores.items():
+            keeps.update(select_units({name: s}, fractions[name], scheme="per-layer"))
+    else:
+        keeps = select_units(scores, target, scheme=scheme, normalize=normalize)
     for g in prepared.groups:
         if hasattr(crit, "compensate") and calib is not None:
             crit.compensate(model, g, keeps[g.name], calib)
