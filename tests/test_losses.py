@@ -99,3 +99,14 @@ def test_cosine_loss_and_embedding_agreement_against_brute_force():
     assert out["cosine"] == pytest.approx(sum(cos) / 40, rel=1e-6)
     assert out["top10"] == pytest.approx(overlap)
     assert embedding_agreement(y, y)["top10"] == 1.0
+
+
+def test_wide_output_factors_are_sketched_without_bias():
+    from brainsurgeon.curvature.outputs import sketch
+
+    g = torch.Generator().manual_seed(0)
+    S = torch.randn(2, 100, 100, generator=g, dtype=torch.float64)
+    exact = S @ S.transpose(1, 2)
+    mean = sum(sketch(S) @ sketch(S).transpose(1, 2) for _ in range(400)) / 400
+    assert sketch(S).shape == (2, 100, 64) and sketch(S[:, :, :10]).shape == (2, 100, 10)
+    assert (mean - exact).abs().max() < 0.1 * exact.abs().max()

@@ -8,6 +8,12 @@ MSE, ...). For sample ``n`` with logits ``z_n`` (C,):
   ``sum_k (J_n^T s_nk)(J_n^T s_nk)^T``. For softmax cross entropy ``d2L/dz2 = diag(p) -
   p p^T`` and ``S = diag(sqrt p) - p sqrt(p)^T`` exactly; other losses use an eigen
   factorisation of the autograd Hessian with negative eigenvalues clipped to 0.
+
+Each column of ``S`` costs one backward pass through the network. Above
+:data:`MAX_OUTPUT_RANK` columns (a 384-dimensional sentence embedding), ``S`` is replaced by
+the sketch ``S R / sqrt(k)`` with a Rademacher ``R`` (K, k), ``k = MAX_OUTPUT_RANK``: still
+``E[S' S'^T] = S S^T``, so every Gauss-Newton statistic stays unbiased, with a variance that
+shrinks as ``1/k``. The draws come from a generator seeded per call order (deterministic).
 """
 
 from __future__ import annotations
@@ -69,4 +75,21 @@ def output_factor(loss_fn: LossFn, z: Tensor, y: Tensor) -> Tensor:
             if row is not None:
                 hess[:, c] = row.detach()
     evals, evecs = torch.linalg.eigh(hess)
-    return evecs * evals.clamp_min(0).sqrt().unsqueeze(1)
+    return sketch(evecs * evals.clamp_min(0).sqrt().unsqueeze(1))
+
+
+#: output-Hessian factors with more columns than this are sketched (see the module docstring)
+MAX_OUTPUT_RANK = 64
+_SKETCH = {"calls": 0}
+
+
+def sketch(S: Tensor, k: int | None = None) -> Tensor:
+    """``S`` (n, C, K) unchanged if ``K <= k``, else ``S R / sqrt(k)`` (n, C, k) with a
+    Rademacher ``R``: an unbiased, ``k``-column stand-in for ``S S^T``."""
+    k = MAX_OUTPUT_RANK if k is None else int(k)
+    if S.shape[-1] <= k:
+        return S
+    g = torch.Generator().manual_seed(1_000_003 + _SKETCH["calls"])
+    _SKETCH["calls"] += 1
+    R = torch.randint(0, 2, (S.shape[-1], k), generator=g).to(S.dtype).mul_(2).sub_(1)
+    return S @ R.to(S.device) / k**0.5
