@@ -107,6 +107,7 @@ def test_wide_output_factors_are_sketched_without_bias():
     g = torch.Generator().manual_seed(0)
     S = torch.randn(2, 100, 100, generator=g, dtype=torch.float64)
     exact = S @ S.transpose(1, 2)
-    mean = sum(sketch(S) @ sketch(S).transpose(1, 2) for _ in range(400)) / 400
+    draws = [sketch(S) for _ in range(400)]
+    mean = sum(d @ d.transpose(1, 2) for d in draws) / len(draws)
     assert sketch(S).shape == (2, 100, 64) and sketch(S[:, :, :10]).shape == (2, 100, 10)
     assert (mean - exact).abs().max() < 0.1 * exact.abs().max()
