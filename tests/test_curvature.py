@@ -464,3 +464,19 @@ def test_nan_loss_is_a_numerical_error():
     ):
         with pytest.raises(NumericalError, match="the loss is nan while collecting"):
             acc.update(x, y)
+
+
+def test_ggn_is_the_same_when_factor_columns_are_backpropagated_in_chunks(monkeypatch):
+    from brainsurgeon.curvature import backend
+
+    model = _mlp(nn.ReLU)
+    targets = layer_targets(model, biases=True)
+    x, y = _data()
+    whole = _fit(GGNDiagonal(model, targets, F.cross_entropy), x, y).result()
+    damage = _fit(DamageStats(model, targets, F.cross_entropy), x, y)
+    monkeypatch.setattr(backend, "GGN_CHUNK", 2)
+    chunked = _fit(GGNDiagonal(model, targets, F.cross_entropy), x, y).result()
+    damage2 = _fit(DamageStats(model, targets, F.cross_entropy), x, y)
+    for name in targets:
+        assert torch.allclose(chunked[name], whole[name], atol=1e-12), name
+        assert torch.allclose(damage2.sd()[name], damage.sd()[name], atol=1e-12), name

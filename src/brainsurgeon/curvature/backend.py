@@ -114,10 +114,15 @@ class PerSampleBackend:
             out.g = self._fields(taps, dict(zip(keys, deltas, strict=True)))
         if ggn:
             factor = output_factor(self.loss_fn, z, y).permute(2, 0, 1).contiguous()
-            # one backward pass per factor column: cheaper than is_grads_batched's vmap on CPU
-            per_k = [torch.autograd.grad(z, outs, f, retain_graph=True) for f in factor]
-            batched = [torch.stack(d) for d in zip(*per_k, strict=True)]  # (K, n, ...) each
-            out.h = self._ggn_fields(taps, dict(zip(keys, batched, strict=True)))
+            # one backward pass per factor column (cheaper than is_grads_batched's vmap on
+            # CPU), GGN_CHUNK columns at a time: the output gradients of every layer for all
+            # K columns at once do not fit in memory for a wide-output sequence model
+            for start in range(0, len(factor), GGN_CHUNK):
+                chunk = factor[start : start + GGN_CHUNK]
+                per_k = [torch.autograd.grad(z, outs, f, retain_graph=True) for f in chunk]
+                batched = [torch.stack(d) for d in zip(*per_k, strict=True)]  # (k, n, ...)
+                part = self._ggn_fields(taps, dict(zip(keys, batched, strict=True)))
+                out.h = part if out.h is None else _add_fields(out.h, part)
         return out
 
     def _fields(self, taps: Taps, deltas: dict[int, Tensor]) -> dict[str, Field]:
@@ -211,3 +216,12 @@ def _merge(parts: list[Sample]) -> Sample:
     if first.h is not None:
         merged.h = {**first.h, **second.h}
     return merged
+
+
+#: factor columns backpropagated together by the layer rules (see ``_rules``)
+GGN_CHUNK = 16
+
+
+def _add_fields(a: dict[str, Field], b: dict[str, Field]) -> dict[str, Field]:
+    """Per-sample square sums of two chunks of factor columns, added (as dense fields)."""
+    return {t: Dense(a[t].dense().g + b[t].dense().g) for t in a}
