@@ -1,0 +1,184 @@
+"""Block-by-block calibration of the layer-wise solvers: equal to the whole-model path."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from brainsurgeon.curvature.blockwise import plan
+from brainsurgeon.curvature.chain import find_chain
+from brainsurgeon.data.core import Dataset
+from brainsurgeon.errors import ConfigError
+from brainsurgeon.pruning.criteria import SaliencyContext, make_criterion
+from brainsurgeon.pruning.masks import set_mask
+
+
+class Encoder(nn.Module):
+    """Linear stem (prefix) -> 2 TransformerEncoderLayers (the chain) -> head (suffix)."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Linear(6, d)
+        layer = nn.TransformerEncoderLayer(d, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.stem(x)).mean(1))
+
+
+class Tangled(nn.Module):
+    """No chain: a skip connection around the list of layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8)])
+
+    def forward(self, x):
+        return self.layers[1](self.layers[0](x)) + self.layers[0](x)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(24, 32), nn.ReLU(inplace=True), nn.Linear(32, 32), nn.Tanh(),
+        nn.Linear(32, 5),
+    )  # fmt: skip
+
+
+def _ctx(model, data, **kw):
+    targets = {
+        n: (m, "weight")
+        for n, m in ((n[: -len(".weight")], None) for n, _ in model.named_parameters())
+        if False
+    }
+    targets = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.MultiheadAttention)):
+            tensor = "in_proj_weight" if isinstance(module, nn.MultiheadAttention) else "weight"
+            targets[f"{name}.{tensor}"] = (module, tensor)
+    return SaliencyContext(model, targets, data, batch_size=7, **kw)
+
+
+def _data(shape, n=40, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return Dataset(torch.randn(n, *shape, generator=g), torch.zeros(n, dtype=torch.long))
+
+
+def _both(model, data, method, **kw):
+    ctx = _ctx(model, data)
+    block = make_criterion("layerwise-obs", method=method, calibration="blockwise", **kw)
+    whole = make_criterion("layerwise-obs", method=method, calibration="whole", **kw)
+    kb, wb = block.solve(ctx, 0.5)
+    kw_, ww = whole.solve(ctx, 0.5)
+    assert block.calibrated_ == "blockwise" and whole.calibrated_ == "whole"
+    return kb, wb, kw_, ww
+
+
+@pytest.mark.parametrize("method", ["obc", "sparsegpt"])
+def test_mlp_blockwise_equals_whole_model(method):
+    model, data = _mlp(), _data((4, 6))
+    before = copy.deepcopy(model.state_dict())
+    kb, wb, kw_, ww = _both(model, data, method, block_size=8)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    for name in kb:
+        assert torch.equal(kb[name], kw_[name]), name
+        torch.testing.assert_close(wb[name], ww[name], rtol=1e-6, atol=1e-7)
+        assert not kb[name].all()
+
+
+def test_encoder_prefix_chain_suffix_equals_whole_model():
+    torch.manual_seed(0)
+    model, data = Encoder(), _data((5, 6))
+    chain = plan(model, [], data, "cpu")
+    assert chain.paths == ["encoder.layers.0", "encoder.layers.1"]
+    kb, wb, kw_, ww = _both(model, data, "sparsegpt", block_size=8)
+    assert "stem.weight" in kb and "head.weight" in kb
+    assert "encoder.layers.1.self_attn.out_proj.weight" in kb
+    for name in kb:
+        assert torch.equal(kb[name], kw_[name]), name
+        torch.testing.assert_close(wb[name], ww[name], rtol=1e-5, atol=1e-6)
+
+
+def test_masks_already_present_are_kept():
+    model, data = _mlp(), _data((4, 6))
+    keep0 = torch.rand(32, 24, generator=torch.Generator().manual_seed(3)) > 0.3
+    set_mask(model[1], "weight", keep0)
+    ctx = _ctx(model, data, masks={"1.weight": keep0})
+    kb, wb = make_criterion("layerwise-obs", calibration="blockwise").solve(ctx, 0.6)
+    kw_, ww = make_criterion("layerwise-obs", calibration="whole").solve(ctx, 0.6)
+    assert not (kb["1.weight"] & ~keep0).any()
+    for name in kb:
+        assert torch.equal(kb[name], kw_[name])
+        torch.testing.assert_close(wb[name], ww[name], rtol=1e-6, atol=1e-7)
+
+
+def test_no_chain_falls_back_with_a_note():
+    model, data = Tangled(), _data((8,))
+    assert find_chain(model) is not None  # a candidate, refused by the probe
+    reason = plan(model, [], data, "cpu")
+    assert isinstance(reason, str) and "block" in reason
+    with pytest.warns(UserWarning, match="calibrating on the whole model"):
+        crit = make_criterion("layerwise-obs")
+        crit.solve(_ctx(model, data), 0.5)
+    assert crit.calibrated_.startswith("whole (")
+    with pytest.raises(ConfigError, match="calibration='blockwise'"):
+        make_criterion("layerwise-obs", calibration="blockwise").solve(_ctx(model, data), 0.5)
+    with pytest.raises(ConfigError, match="calibration must be one of"):
+        make_criterion("layerwise-obs", calibration="layer")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_criterion("layerwise-obs").solve(_ctx(_mlp(), _data((4, 6))), 0.5)  # no note
+
+
+class Twin(nn.Module):
+    """Two layers on the very same input (one statistics pass), then one on their sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.c(torch.relu(self.a(x) + self.b(x)))
+
+
+def test_layers_on_one_input_share_a_pass_and_equal_whole():
+    torch.manual_seed(0)
+    model, data = nn.Sequential(Twin(), Twin()), _data((8,))
+    kb, wb, kw_, ww = _both(model, data, "sparsegpt")
+    for name in kb:
+        assert torch.equal(kb[name], kw_[name]), name
+        torch.testing.assert_close(wb[name], ww[name], rtol=1e-6, atol=1e-7)
+    model[0].calls = 0
+    make_criterion("layerwise-obs", calibration="blockwise").solve(_ctx(model, data), 0.5)
+    assert model[0].calls == 1  # the probe; the passes ran on a copy of the block
+
+
+def _quantized(model, data, **kw):
+    from brainsurgeon.quantization import quantize
+    from brainsurgeon.quantization.methods.gptq import GPTQConfig
+
+    m = copy.deepcopy(model)
+    result = quantize(m, GPTQConfig(bits=3, samples=len(data), **kw), data, device="cpu")
+    return {k: v.detach() for k, v in m.state_dict().items()}, result.notes
+
+
+@pytest.mark.parametrize("which", ["mlp", "encoder"])
+def test_gptq_blockwise_equals_whole_model(which):
+    torch.manual_seed(0)
+    model, data = (_mlp(), _data((4, 6))) if which == "mlp" else (Encoder(), _data((5, 6)))
+    qb, nb = _quantized(model, data, calibration="blockwise")
+    qw, nw = _quantized(model, data, calibration="whole")
+    q1, n1 = _quantized(model, data, sequential=False)
+    assert nb["calibration"] == "blockwise" and nw["calibration"].startswith("whole")
+    assert n1["calibration"] == "one pass"
+    assert qb.keys() == qw.keys()
+    for k in qb:
+        torch.testing.assert_close(qb[k], qw[k], rtol=1e-6, atol=1e-6)
+    assert any(not torch.equal(qb[k], q1[k]) for k in qb)  # sequential changes the result
