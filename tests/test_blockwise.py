@@ -182,3 +182,91 @@ def test_gptq_blockwise_equals_whole_model(which):
     for k in qb:
         torch.testing.assert_close(qb[k], qw[k], rtol=1e-6, atol=1e-6)
     assert any(not torch.equal(qb[k], q1[k]) for k in qb)  # sequential changes the result
+
+
+# ------------------------------------------------------------------ --max-memory
+
+
+def test_parse_bytes_and_chunk():
+    from brainsurgeon import memory
+
+    assert memory.parse_bytes("2GB") == 2 * 10**9
+    assert memory.parse_bytes("512MiB") == 512 * 2**20
+    assert memory.parse_bytes(" 1.5 kb ") == 1500 and memory.parse_bytes(4096) == 4096
+    assert memory.parse_bytes(None) is None
+    for bad in ("2 parsecs", "-1GB", "0", True, "GB"):
+        with pytest.raises(ConfigError, match="max_memory must be"):
+            memory.parse_bytes(bad)
+    assert memory.chunk(100, 256, what="x") == 256  # no budget
+    with memory.budget("10KB"):
+        assert memory.chunk(100, 256, what="x") == 100
+        assert memory.chunk(100, 256, what="x", fixed=9_000) == 10
+        with memory.budget(None):  # keeps the outer budget
+            assert memory.current() == 10_000
+        with pytest.raises(ConfigError, match=r"too small for x: one sample needs 20,000 bytes"):
+            memory.chunk(20_000, 256, what="x")
+    assert memory.current() is None
+
+
+def test_obd_sd_chunks_follow_the_budget_and_results_do_not_change():
+    from brainsurgeon import memory
+    from brainsurgeon.curvature import DamageStats, collect
+
+    model, data = _mlp(), _data((4, 6))
+    targets = {n: v for n, v in _ctx(model, data).targets.items()}
+    P = sum(getattr(m, t).numel() for m, t in targets.values())
+    ref = collect(DamageStats(model, targets, _loss), model, data, batch_size=40)
+    acc = DamageStats(model, targets, _loss)
+    with memory.budget(16 * P + 24 * P * 3):  # 3 samples a chunk
+        assert acc.chunk_for(P) == 3
+        collect(acc, model, data, batch_size=40)
+    for n in targets:
+        torch.testing.assert_close(acc.sd()[n], ref.sd()[n], rtol=1e-5, atol=1e-8)  # fp32 grads
+    with memory.budget(16 * P + 10), pytest.raises(ConfigError, match="too small for per-sample"):
+        collect(DamageStats(model, targets, _loss), model, data, batch_size=40)
+
+
+def _loss(z, y):
+    return nn.functional.cross_entropy(z, y)
+
+
+def test_blockwise_batch_follows_the_budget():
+    from brainsurgeon import memory
+    from brainsurgeon.curvature.blockwise import Step, batch_for
+
+    model, data = _mlp(), _data((4, 6))
+    ctx = _ctx(model, data)
+    steps = [Step(n, *ctx.targets[n]) for n in ctx.targets]
+    chain = plan(model, steps, data, "cpu")
+    assert chain.boundary_bytes == 32 * 4 and chain.input_bytes["1.weight"] == 24 * 4
+    fixed = 40 * 128 + 8 * 32**2  # the stored boundary + the largest block's X^T X
+    per = 2 * 128 + 32 * 4
+    with memory.budget(fixed + 5 * per):
+        assert batch_for(chain, steps, 40, 7, "x") == 5
+        kb, wb = make_criterion("layerwise-obs", calibration="blockwise").solve(ctx, 0.5)
+    kr, wr = make_criterion("layerwise-obs", calibration="blockwise").solve(ctx, 0.5)
+    for n in kb:
+        assert torch.equal(kb[n], kr[n])
+        torch.testing.assert_close(wb[n], wr[n], rtol=1e-5, atol=1e-6)
+    with memory.budget(fixed), pytest.raises(ConfigError, match="too small for layerwise-obs"):
+        make_criterion("layerwise-obs").solve(ctx, 0.5)
+
+
+def test_cli_max_memory_is_recorded_and_checked(tmp_path, trained_run):
+    import json
+
+    from brainsurgeon.cli.main import main
+
+    out = tmp_path / "p"
+    args = ["prune", str(trained_run), "--out", str(out), "--quiet", "--criterion", "obd-sd"]
+    assert main([*args, "--samples", "64", "--max-memory", "64MiB"]) == 0
+    assert json.loads((out / "config.json").read_text())
+    text = (out / "config.json").read_text()
+    assert '"max_memory": "64MiB"' in text
+    assert main([*args, "--force", "--max-memory", "1KB"]) == 2
+    assert main([*args, "--force", "--max-memory", "lots"]) == 2
+    q = tmp_path / "q"
+    qargs = ["quantize", str(trained_run), "--out", str(q), "--method", "gptq", "--quiet"]
+    assert main([*qargs, "--samples", "64", "--max-memory", "1GB"]) == 0
+    text = (q / "config.json").read_text()
+    assert '"max_memory": "1GB"' in text and '"calibration": "blockwise"' in text

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from .. import distributed as parallel
 from ..data.core import Dataset
 from ..distributed import layers
+from ..models.adapters import layout_of
 from ..state import make_permanent
 from ..utils import preserved_modes
 from .chain import PREFIX, SUFFIX, Chain, find_chain, first, probe
@@ -72,6 +73,27 @@ def plan(model: nn.Module, steps: list[Step], data: Dataset, device) -> Chain | 
     with preserved_modes(model, "eval"), hooks_visible():
         why = probe(model, chain, owners, x, where)
     return why if why is not None else chain
+
+
+def batch_for(chain: Chain, steps: list[Step], samples: int, default: int, what: str) -> int:
+    """The calibration batch under the memory budget (:mod:`brainsurgeon.memory`).
+
+    Resident whatever the batch: the activations at one boundary (``samples`` x the block
+    input) and the largest stage's ``X^T X`` sums (float64); per sample of a batch: its
+    inputs to every target of a stage (the largest) and two block boundaries."""
+    from ..memory import chunk
+
+    cols: dict[int, float] = {}
+    per: dict[int, float] = {}
+    for s in steps:
+        w = getattr(s.module, s.tensor)
+        width = w.numel() / w.shape[layout_of(s.module, s.tensor).out_axis]
+        stage = chain.stage[s.name]
+        cols[stage] = cols.get(stage, 0.0) + 8 * width**2 * s.stats
+        per[stage] = per.get(stage, 0.0) + chain.input_bytes.get(s.name, 0.0)
+    fixed = samples * chain.boundary_bytes + max(cols.values(), default=0.0)
+    per_sample = 2 * chain.boundary_bytes + max(per.values(), default=0.0)
+    return chunk(int(per_sample), default, what=what, fixed=int(fixed))
 
 
 def _model_device(model: nn.Module, default) -> torch.device:

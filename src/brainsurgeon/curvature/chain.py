@@ -31,6 +31,8 @@ class Chain:
     paths: list[str]
     stage: dict[str, int] = field(default_factory=dict)
     inplace: set[int] = field(default_factory=set)
+    boundary_bytes: float = 0.0  # per sample: the largest block input
+    input_bytes: dict[str, float] = field(default_factory=dict)  # per sample, by target
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return [model.get_submodule(p) for p in self.paths]
@@ -65,6 +67,7 @@ class _Recorder:
         self.running: int | None = None
         self.seen: dict[str, set[int]] = {n: set() for n in owners}
         self.versions: dict[int, int] = {}
+        self.nbytes: dict[str, int] = {}
         self.handles = []
         for i, block in enumerate(blocks):
             self.handles.append(block.register_forward_pre_hook(self._pre(i), with_kwargs=True))
@@ -94,6 +97,8 @@ class _Recorder:
 
     def _target(self, name):
         def hook(module, args):
+            if args and isinstance(args[0], Tensor) and name not in self.nbytes:
+                self.nbytes[name] = args[0].numel() * args[0].element_size()
             if self.running is not None:
                 self.seen[name].add(self.running)
             elif not self.calls:
@@ -156,4 +161,7 @@ def probe(
         if not inside and not paths[name].startswith(chain.paths[stage] + "."):
             return f"{name} runs inside block {chain.paths[stage]} but does not belong to it"
         chain.stage[name] = stage
+    n = max(len(x), 1)
+    chain.input_bytes = {k: v / n for k, v in rec.nbytes.items()}
+    chain.boundary_bytes = max(a[0].numel() * a[0].element_size() for _, a, _, _ in rec.calls) / n
     return None

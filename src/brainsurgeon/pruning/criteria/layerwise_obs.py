@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ... import distributed as parallel
 from ...curvature import LayerInputStats
-from ...curvature.blockwise import CALIBRATIONS, Calibrator, Step, plan
+from ...curvature.blockwise import CALIBRATIONS, Calibrator, Step, batch_for, plan
 from ...curvature.context import finish, weights
 from ...curvature.layer_inputs import from_matrix, hooks_visible, input_owner, weight_matrix
 from ...curvature.layers import functional_model
@@ -241,39 +241,49 @@ class LayerwiseOBS(Solver):
     def _steps(ctx: SaliencyContext, names) -> list[Step]:
         return [Step(n, *ctx.targets[n]) for n in names]
 
-    def _start(self, ctx: SaliencyContext) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        keep, new = {}, {}
-        for name in ctx.targets:
-            w = ctx.tensor(name).detach()
-            mask = ctx.masks.get(name)
-            keep[name] = (
-                mask.clone().bool() if mask is not None else torch.ones_like(w, dtype=torch.bool)
-            )
-            new[name] = w.clone()
-        return keep, new
+    @staticmethod
+    def _start(ctx: SaliencyContext, name: str) -> tuple[Tensor, Tensor]:
+        """``(keep, weight)`` of ``name`` before its solve: its current mask (or all ones)
+        and a copy of its effective tensor."""
+        w = ctx.tensor(name).detach()
+        mask = ctx.masks.get(name)
+        keep = mask.clone().bool() if mask is not None else torch.ones_like(w, dtype=torch.bool)
+        return keep, w.clone()
 
     def _solve_blockwise(self, ctx, chain, amounts, nm, owners):
-        """The sequential solve, block by block (:mod:`brainsurgeon.curvature.blockwise`)."""
-        keep, new = self._start(ctx)
+        """The sequential solve, block by block (:mod:`brainsurgeon.curvature.blockwise`).
+        A solved layer's copies are made when it is solved, not all up front."""
+        keep, new = {}, {}
+        for name in ctx.targets:
+            if name not in amounts:
+                keep[name], new[name] = self._start(ctx, name)
 
         def solve(step: Step, H: Tensor | None) -> Tensor:
             name = step.name
+            module, tensor = ctx.targets[name]
+            w = ctx.tensor(name).detach()
+            k0 = ctx.masks.get(name)
+            k0 = k0.bool() if k0 is not None else torch.ones_like(w, dtype=torch.bool)
             if layers.mine(owners, name):
-                module, tensor = ctx.targets[name]
-                w = new[name]
-                W2, k2 = weight_matrix(module, tensor, w), weight_matrix(module, tensor, keep[name])
+                W2, k2 = weight_matrix(module, tensor, w), weight_matrix(module, tensor, k0)
                 W_new, k_new = self._solve(W2, H, amounts[name], nm, k2)
                 new[name] = from_matrix(module, tensor, W_new, w.shape).to(w.dtype)
                 keep[name] = from_matrix(module, tensor, k_new, w.shape)
+            else:  # buffers for the owner's broadcast
+                keep[name], new[name] = self._start(ctx, name)
             layers.share({name: new[name]}, owners, "the solved weights")
             layers.share({name: keep[name]}, owners, "the solved mask")
             return new[name]
 
-        calib = Calibrator(ctx.model, chain, ctx.require_data(self.name), solve,
-                           batch_size=ctx.batch_size, device=ctx.device, owners=owners,
-                           offload=self.offload)  # fmt: skip
-        calib.run(self._steps(ctx, [n for n in ctx.targets if n in amounts]))
-        return keep, new
+        data, steps = (
+            ctx.require_data(self.name),
+            self._steps(ctx, [n for n in ctx.targets if n in amounts]),
+        )
+        bs = batch_for(chain, steps, len(data), ctx.batch_size, "layerwise-obs calibration")
+        calib = Calibrator(ctx.model, chain, data, solve, batch_size=bs, device=ctx.device,
+                           owners=owners, offload=self.offload)  # fmt: skip
+        calib.run(steps)
+        return {n: keep[n] for n in ctx.targets}, {n: new[n] for n in ctx.targets}
 
     def _owners(self, ctx, names) -> dict[str, int]:
         """Each solved layer's rank, balanced by the cost of its solve."""

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ... import distributed as parallel
-from ...curvature.blockwise import CALIBRATIONS, Calibrator, Step, plan
+from ...curvature.blockwise import CALIBRATIONS, Calibrator, Step, batch_for, plan
 from ...curvature.layer_inputs import INPUT_RULES, LayerInputStats, hooks_visible, input_owner
 from ...data.core import DataLike, Dataset, as_dataset
 from ...errors import ConfigError, UnsupportedLayerError, check_positive_int
@@ -266,8 +266,9 @@ def _calibrate(model, layers: list[LayerPlan], calib, device, config, rtn: set[i
                  for layer in layers]  # fmt: skip
         chain = plan(model, order, calib, device)
         if not isinstance(chain, str):
+            bs = batch_for(chain, order, len(calib), 256, "gptq calibration")
             Calibrator(model, chain, calib, lambda s, H: one(steps[s.name], H), device=device,
-                       dtype=torch.float64).run(order)  # fmt: skip
+                       dtype=torch.float64, batch_size=bs).run(order)  # fmt: skip
             return "blockwise"
         if config.calibration == "blockwise":
             raise ConfigError(f"gptq calibration='blockwise': {chain}; use 'auto' or 'whole'")
