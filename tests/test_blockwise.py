@@ -270,3 +270,54 @@ def test_cli_max_memory_is_recorded_and_checked(tmp_path, trained_run):
     assert main([*qargs, "--samples", "64", "--max-memory", "1GB"]) == 0
     text = (q / "config.json").read_text()
     assert '"max_memory": "1GB"' in text and '"calibration": "blockwise"' in text
+
+
+# ------------------------------------------------------------------ HF layers, devices
+
+
+def _bert():
+    transformers = pytest.importorskip("transformers", reason="the HF test needs transformers")
+    from brainsurgeon.models.hf import HFEncoder
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=24, max_position_embeddings=16, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    model = HFEncoder(transformers.BertModel(cfg, add_pooling_layer=False)).eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 50, (21, 10), generator=g)
+    mask = (torch.arange(10)[None] < torch.randint(3, 9, (21,), generator=g)[:, None]).long()
+    return model, Dataset(torch.stack([ids * mask, mask], 1), torch.zeros(21, dtype=torch.long))
+
+
+def test_hf_encoder_layers_with_masks_equal_whole_model():
+    model, data = _bert()
+    chain = plan(model, [], data, "cpu")
+    assert chain.paths == ["backbone.encoder.layer.0", "backbone.encoder.layer.1"]
+    kb, wb, kw_, ww = _both(model, data, "sparsegpt", block_size=8)
+    assert "backbone.encoder.layer.1.attention.self.value.weight" in kb
+    for name in kb:
+        assert torch.equal(kb[name], kw_[name]), name
+        torch.testing.assert_close(wb[name], ww[name], rtol=1e-5, atol=1e-6)
+
+
+def test_offload_keeps_the_result():
+    model, data = _mlp(), _data((4, 6))
+    ctx = _ctx(model, data)
+    ko, wo = make_criterion("layerwise-obs", offload=True).solve(ctx, 0.5)
+    kr, wr = make_criterion("layerwise-obs").solve(ctx, 0.5)
+    assert all(torch.equal(ko[n], kr[n]) and torch.equal(wo[n], wr[n]) for n in ko)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_blockwise_with_offload_matches_cpu():
+    model, data = _mlp(), _data((4, 6))
+    kr, wr = make_criterion("layerwise-obs").solve(_ctx(model, data), 0.5)
+    for offload in (False, True):  # the model stays on the CPU; the blocks run on the GPU
+        ctx = _ctx(model, data, device=torch.device("cuda"))
+        kc, wc = make_criterion("layerwise-obs", offload=offload).solve(ctx, 0.5)
+        for n in kr:
+            assert (kc[n].cpu() == kr[n]).float().mean() > 0.99
+            torch.testing.assert_close(wc[n].cpu(), wr[n], rtol=1e-3, atol=1e-4)

@@ -264,11 +264,11 @@ class LayerwiseOBS(Solver):
             w = ctx.tensor(name).detach()
             k0 = ctx.masks.get(name)
             k0 = k0.bool() if k0 is not None else torch.ones_like(w, dtype=torch.bool)
-            if layers.mine(owners, name):
+            if layers.mine(owners, name):  # solved where H is (the working device)
                 W2, k2 = weight_matrix(module, tensor, w), weight_matrix(module, tensor, k0)
-                W_new, k_new = self._solve(W2, H, amounts[name], nm, k2)
-                new[name] = from_matrix(module, tensor, W_new, w.shape).to(w.dtype)
-                keep[name] = from_matrix(module, tensor, k_new, w.shape)
+                W_new, k_new = self._solve(W2.to(H.device), H, amounts[name], nm, k2.to(H.device))
+                new[name] = from_matrix(module, tensor, W_new, w.shape).to(w)
+                keep[name] = from_matrix(module, tensor, k_new, w.shape).to(w.device)
             else:  # buffers for the owner's broadcast
                 keep[name], new[name] = self._start(ctx, name)
             layers.share({name: new[name]}, owners, "the solved weights")
