@@ -51,6 +51,7 @@ PRUNE_HELP = {
     "(--amount = the fraction of units; add --shrink to cut them out)",
     "samples": "calibration samples",
     "batch_size": "batch size for statistics",
+    "max_memory": "memory budget of the statistics chunks, e.g. 2GB or 512MiB (default: none)",
     "amount": "final sparsity in (0, 1)",
     "scheme": "selection scheme",
     "threshold": "score threshold for --scheme threshold",
@@ -76,7 +77,7 @@ PRUNE_HELP = {
     "group_lasso": "group lasso (rows and columns) penalty while fine-tuning",
     **TARGET_HELP,
 }
-SCORING = ("granularity", "criterion", "samples", "batch_size")
+SCORING = ("granularity", "criterion", "samples", "batch_size", "max_memory")
 SELECTION = (
     "amount",
     "scheme",

@@ -50,6 +50,10 @@ HELP = {
     "finetune_lr": "fine-tune learning rate (default: the method's; 1e-4 kmeans/residual, "
     "1e-3 product, 1e-2 uniform/binary/ternary/gptq)",
     "batch_size": "fine-tune batch size",
+    "max_memory": "memory budget of the statistics chunks, e.g. 2GB or 512MiB (default: none)",
+    "sequential": "gptq: calibrate each tensor on the already quantized ones (default)",
+    "calibration": "gptq sequential: auto | blockwise | whole (blocks one at a time, or the "
+    "whole model per tensor)",
     "granularity": "per-channel | per-tensor scales",
     "symmetric": "symmetric grid, zero point 0",
     "range": "minmax | percentile | mse",

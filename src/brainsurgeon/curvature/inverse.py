@@ -352,8 +352,11 @@ class InverseFisher:
                 self.inverse.update(vectors, per_sample=per_sample)
 
     def update(self, x: Tensor, y: Tensor) -> None:
-        for start in range(0, int(x.shape[0]), self.chunk_size):
-            xs, ys = x[start : start + self.chunk_size], y[start : start + self.chunk_size]
+        from ..memory import chunk
+
+        size = chunk(16 * self.layout.total, self.chunk_size, what="per-sample gradients (obs)")
+        for start in range(0, int(x.shape[0]), size):
+            xs, ys = x[start : start + size], y[start : start + size]
             if self.hessian == "fisher":
                 self.inverse.update(self._flat(xs, ys))
             else:

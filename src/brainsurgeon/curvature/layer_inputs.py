@@ -216,13 +216,17 @@ class LayerInputStats:
 
     def _add(self, xtx: Tensor, count: int) -> None:
         xtx = xtx.to(self.sum_dtype(xtx.numel()))
-        if not bool(torch.isfinite(xtx).all()):
+        if not xtx.is_cuda:  # on a GPU checked once, in hessian(): no sync per batch
+            self._check_finite(xtx)
+        self.sum_ = xtx if self.sum_ is None else self.sum_ + xtx
+        self.count_ += count
+
+    def _check_finite(self, t: Tensor) -> None:
+        if not bool(torch.isfinite(t).all()):
             raise NumericalError(
                 f"the inputs of {self.name} contain NaN or infinite values; check the "
                 "calibration data (normalisation) and the layers before it"
             )
-        self.sum_ = xtx if self.sum_ is None else self.sum_ + xtx
-        self.count_ += count
 
     def sum_dtype(self, numel: int) -> torch.dtype:
         """float64 for the running sum (the order of batches or ranks then changes nothing
@@ -244,4 +248,6 @@ class LayerInputStats:
             raise DataError(
                 f"{self.name} saw no inputs; run calibration data through the model first"
             )
+        if self.sum_.is_cuda:
+            self._check_finite(self.sum_)  # NaN / inf of any batch survive the sum
         return (2.0 * self.sum_ / self.count_).to(self.dtype)

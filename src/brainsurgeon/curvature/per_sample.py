@@ -109,14 +109,23 @@ class DamageStats:
 
     def update(self, x: Tensor, y: Tensor) -> None:
         weights = {name: getattr(m, t).detach() for name, (m, t) in self.targets.items()}
-        for start in range(0, int(x.shape[0]), self.chunk_size):
-            xs, ys = x[start : start + self.chunk_size], y[start : start + self.chunk_size]
+        size = self.chunk_for(sum(w.numel() for w in weights.values()))
+        for start in range(0, int(x.shape[0]), size):
+            xs, ys = x[start : start + size], y[start : start + size]
             sample = self.backend(xs, ys, grads=True, ggn=self.curvature, what=self.what)
             for name, g in sample.g.items():
                 h = sample.h[name] if sample.h is not None else None
                 self.stats_[name].combine(*damage_moments(g, h, weights[name]))
             self.loss_sum_ += sample.loss_sum
             self.count_ += sample.n
+
+    def chunk_for(self, weights: int) -> int:
+        """``chunk_size``, or fewer samples under ``--max-memory`` (:mod:`brainsurgeon.memory`):
+        per sample, the dense per-sample ``g``, ``h`` and ``d`` of every weight (float64);
+        resident, the Welford mean and ``M2`` (float64)."""
+        from ..memory import chunk
+
+        return chunk(24 * weights, self.chunk_size, what=self.what, fixed=16 * weights)
 
     def mean(self) -> dict[str, Tensor]:
         return {n: s.mean for n, s in self.stats_.items()}

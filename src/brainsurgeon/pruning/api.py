@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import state
+from .. import memory, state
 from ..data.core import DataLike, Dataset, as_dataset
 from ..errors import ConfigError, UnsupportedLayerError
 from ..losses import LossFn, LossLike, resolve_loss
@@ -217,7 +217,8 @@ def prune_rounds(
         round_fn = _round
     for r in range(start, len(prepared.sparsities) + 1):
         began = time.perf_counter()
-        record = round_fn(model, prepared, r, data, device, progress)
+        with memory.budget(prepared.config.max_memory):
+            record = round_fn(model, prepared, r, data, device, progress)
         if data is not None:  # measured as pruned, fine-tuned, measured again
             record.update(
                 tune_and_measure(

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError, check_fraction, check_positive_int
+from ..memory import parse_bytes
 from .criteria import CRITERIA, Solver, make_criterion
 from .schedules import SCHEDULES, SPACINGS
 from .selection import SELECTORS
@@ -24,8 +25,9 @@ class PruneConfig(Config):
     ``amount`` the fraction of units removed (``brainsurgeon.shrink`` then cuts them out).
     What to score: ``criterion`` (see ``brainsurgeon criteria``) with ``criterion_options``,
     computed on ``samples`` calibration samples of the training split (``batch_size`` at a
-    time). What to select: ``scheme`` (``global | per-layer | class-distribution | threshold |
-    nm``) to ``amount`` (final sparsity over the eligible tensors, in (0, 1));
+    time; ``max_memory``, e.g. ``"2GB"``: the statistics' chunks follow this budget).
+    What to select: ``scheme`` (``global | per-layer | class-distribution | threshold | nm``)
+    to ``amount`` (final sparsity over the eligible tensors, in (0, 1));
     ``layer_sparsity`` gives per-layer targets instead (scheme ``per-layer``; unlisted layers
     get ``amount``); ``threshold``, ``nm`` and ``lam`` parametrise their schemes (``lam``
     given: the sparsity follows from it). Eligible tensors: Linear/Conv weights, plus biases
@@ -57,6 +59,7 @@ class PruneConfig(Config):
     obs_steps: int = 1
     samples: int = 1000
     batch_size: int = 256
+    max_memory: str | None = None
     seed: int = 0
     layer_sparsity: dict[str, float] | None = None
     include_bias: bool = False
@@ -94,6 +97,7 @@ class PruneConfig(Config):
         SCHEDULES.get(self.schedule)
         if self.scheme not in FIXED_SPARSITY_SCHEMES and self.lam is None:
             check_fraction("amount", self.amount)
+        parse_bytes(self.max_memory)
         for name in ("rounds", "obs_steps", "samples", "batch_size", "finetune_batch_size"):
             check_positive_int(name, getattr(self, name))
         check_positive_int("finetune_epochs", self.finetune_epochs, allow_zero=True)

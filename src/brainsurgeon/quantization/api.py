@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .. import memory
 from ..data.core import DataLike
 from ..errors import ConfigError
 from ..losses import LossFn, LossLike, checked, resolve_loss
@@ -91,7 +92,8 @@ def quantize(
     target = resolve_device(device)
     with preserved_modes(model), _undone_on_error(model, layers):
         model.to(target)
-        notes = quantizer.apply(model, layers, config, data, target)
+        with memory.budget(config.max_memory):
+            notes = quantizer.apply(model, layers, config, data, target)
         history = _finetune(model, config, data, loss_fn, target, progress, callback)
     bits = {layer.name: layer.bits for layer in layers}
     return QuantResult(model, config, bits, report(model), history, notes)

@@ -73,7 +73,8 @@ def scalar_init(values: torch.Tensor, k: int, method: str, seed: int = 0) -> tor
     density: evenly spaced on the CDF, i.e. the ``(i + 1/2) / k`` quantiles.
     """
     if method == "linear":
-        c = torch.linspace(float(values.min()), float(values.max()), k, dtype=values.dtype)
+        lo, hi = float(values.min()), float(values.max())  # once per tensor
+        c = torch.linspace(lo, hi, k, dtype=values.dtype, device=values.device)
     elif method == "random":
         g = torch.Generator().manual_seed(seed)
         c = values[torch.randperm(values.numel(), generator=g)[:k]]
@@ -87,8 +88,8 @@ def kmeans_pp(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     """k-means++ seeding (Arthur & Vassilvitskii 2007) of ``(k, d)`` centroids from ``x (n, d)``."""
     from sklearn.cluster import kmeans_plusplus
 
-    centers, _ = kmeans_plusplus(x.detach().double().numpy(), k, random_state=seed)
-    return torch.from_numpy(np.ascontiguousarray(centers)).to(x.dtype)
+    centers, _ = kmeans_plusplus(x.detach().double().cpu().numpy(), k, random_state=seed)
+    return torch.from_numpy(np.ascontiguousarray(centers)).to(device=x.device, dtype=x.dtype)
 
 
 def vector_kmeans(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 100):

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from ..config import Config
 from ..errors import ConfigError, check_positive_int
+from ..memory import parse_bytes
 
 GRANULARITIES = ("per-tensor", "per-channel")
 RANGES = ("minmax", "percentile", "mse")
@@ -77,6 +78,7 @@ class QuantBase(Config):
     ``finetune_epochs`` > 0 fine-tunes after quantizing (codebooks of codebook methods, the
     float weights through a straight-through estimator for the others) with SGD at
     ``finetune_lr`` (None: the method's ``FINETUNE_LR``), ``batch_size``, ``seed``.
+    ``max_memory`` (e.g. ``"2GB"``): the calibration statistics' chunks follow this budget.
     """
 
     METHOD: ClassVar[str] = ""
@@ -93,6 +95,7 @@ class QuantBase(Config):
     finetune_lr: float | None = None
     batch_size: int = 64
     seed: int = 0
+    max_memory: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", _patterns("layers", self.layers))
@@ -105,6 +108,7 @@ class QuantBase(Config):
             check_bits(self.METHOD, bits, self.BITS, key)
         check_positive_int("finetune_epochs", self.finetune_epochs, allow_zero=True)
         check_positive_int("batch_size", self.batch_size)
+        parse_bytes(self.max_memory)
         if self.finetune_lr is not None and not self.finetune_lr > 0:
             raise ConfigError(f"finetune_lr must be > 0, got {self.finetune_lr}")
 

@@ -12,11 +12,14 @@ in units of a layer's reconstruction error, so they rank within a layer, not acr
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
 from ... import distributed as parallel
 from ...curvature import LayerInputStats
+from ...curvature.blockwise import CALIBRATIONS, Calibrator, Step, batch_for, plan
 from ...curvature.context import finish, weights
 from ...curvature.layer_inputs import from_matrix, hooks_visible, input_owner, weight_matrix
 from ...curvature.layers import functional_model
@@ -51,7 +54,10 @@ def _same_modules(ctx: SaliencyContext, model) -> dict[str, torch.nn.Module]:
 class LayerwiseOBS(Solver):
     """Options: ``method`` (auto | obc | sparsegpt), ``block_size`` (SparseGPT columns per
     block), ``damp`` (fraction of ``mean(diag H)``), ``sequential`` (calibrate each layer on
-    the pruned layers before it)."""
+    the pruned layers before it), ``calibration`` (sequential only: ``blockwise`` runs the
+    model's chain of blocks one at a time on stored activations, ``whole`` re-runs a copy
+    of the whole model per layer, ``auto``: blockwise where a chain is found),
+    ``offload`` (blockwise: stored activations on the CPU between uses)."""
 
     needs_data = True
     loss_scale = False
@@ -62,6 +68,8 @@ class LayerwiseOBS(Solver):
         block_size: int = 128,
         damp: float = 0.01,
         sequential: bool = True,
+        calibration: str = "auto",
+        offload: bool = False,
     ) -> None:
         if method not in METHODS:
             raise ConfigError(
@@ -71,6 +79,13 @@ class LayerwiseOBS(Solver):
             raise ConfigError(f"layerwise-obs damp must be >= 0 (e.g. 0.01), got {damp!r}")
         self.method, self.damp, self.sequential = method, float(damp), bool(sequential)
         self.block_size = check_positive_int("block_size", block_size)
+        if calibration not in CALIBRATIONS:
+            raise ConfigError(
+                f"layerwise-obs calibration must be one of {list(CALIBRATIONS)}, "
+                f"got {calibration!r}"
+            )
+        self.calibration, self.offload = calibration, bool(offload)
+        self.calibrated_: str | None = None  # "blockwise" or "whole (<why>)" after solve
 
     def _check(self, ctx: SaliencyContext) -> None:
         for name, (module, tensor_name) in ctx.targets.items():
@@ -172,6 +187,21 @@ class LayerwiseOBS(Solver):
         amounts = self._amounts(ctx, sparsity, nm)
         names = [n for n in ctx.targets if n in amounts]
         owners = self._owners(ctx, names) if parallel.active() else {}
+        if self.sequential and self.calibration != "whole":
+            chain = plan(ctx.model, self._steps(ctx, names), ctx.require_data(self.name),
+                         ctx.device)  # fmt: skip
+            if not isinstance(chain, str):
+                self.calibrated_ = "blockwise"
+                return self._solve_blockwise(ctx, chain, amounts, nm, owners)
+            if self.calibration == "blockwise":
+                raise ConfigError(f"layerwise-obs calibration='blockwise': {chain}; use 'auto'")
+            self.calibrated_ = f"whole ({chain})"
+            warnings.warn(
+                f"layerwise-obs: calibrating on the whole model, once per layer ({chain})",
+                stacklevel=2,
+            )
+        elif self.sequential:
+            self.calibrated_ = "whole"
         if self.sequential:
             hessians = {}
         elif stats is not None:
@@ -206,6 +236,54 @@ class LayerwiseOBS(Solver):
             layers.share({n: new[n] for n in amounts}, owners, "the solved weights")
             layers.share({n: keep[n] for n in amounts}, owners, "the solved mask")
         return keep, new
+
+    @staticmethod
+    def _steps(ctx: SaliencyContext, names) -> list[Step]:
+        return [Step(n, *ctx.targets[n]) for n in names]
+
+    @staticmethod
+    def _start(ctx: SaliencyContext, name: str) -> tuple[Tensor, Tensor]:
+        """``(keep, weight)`` of ``name`` before its solve: its current mask (or all ones)
+        and a copy of its effective tensor."""
+        w = ctx.tensor(name).detach()
+        mask = ctx.masks.get(name)
+        keep = mask.clone().bool() if mask is not None else torch.ones_like(w, dtype=torch.bool)
+        return keep, w.clone()
+
+    def _solve_blockwise(self, ctx, chain, amounts, nm, owners):
+        """The sequential solve, block by block (:mod:`brainsurgeon.curvature.blockwise`).
+        A solved layer's copies are made when it is solved, not all up front."""
+        keep, new = {}, {}
+        for name in ctx.targets:
+            if name not in amounts:
+                keep[name], new[name] = self._start(ctx, name)
+
+        def solve(step: Step, H: Tensor | None) -> Tensor:
+            name = step.name
+            module, tensor = ctx.targets[name]
+            w = ctx.tensor(name).detach()
+            k0 = ctx.masks.get(name)
+            k0 = k0.bool() if k0 is not None else torch.ones_like(w, dtype=torch.bool)
+            if layers.mine(owners, name):  # solved where H is (the working device)
+                W2, k2 = weight_matrix(module, tensor, w), weight_matrix(module, tensor, k0)
+                W_new, k_new = self._solve(W2.to(H.device), H, amounts[name], nm, k2.to(H.device))
+                new[name] = from_matrix(module, tensor, W_new, w.shape).to(w)
+                keep[name] = from_matrix(module, tensor, k_new, w.shape).to(w.device)
+            else:  # buffers for the owner's broadcast
+                keep[name], new[name] = self._start(ctx, name)
+            layers.share({name: new[name]}, owners, "the solved weights")
+            layers.share({name: keep[name]}, owners, "the solved mask")
+            return new[name]
+
+        data, steps = (
+            ctx.require_data(self.name),
+            self._steps(ctx, [n for n in ctx.targets if n in amounts]),
+        )
+        bs = batch_for(chain, steps, len(data), ctx.batch_size, "layerwise-obs calibration")
+        calib = Calibrator(ctx.model, chain, data, solve, batch_size=bs, device=ctx.device,
+                           owners=owners, offload=self.offload)  # fmt: skip
+        calib.run(steps)
+        return {n: keep[n] for n in ctx.targets}, {n: new[n] for n in ctx.targets}
 
     def _owners(self, ctx, names) -> dict[str, int]:
         """Each solved layer's rank, balanced by the cost of its solve."""

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ... import distributed as parallel
+from ...curvature.blockwise import CALIBRATIONS, Calibrator, Step, batch_for, plan
 from ...curvature.layer_inputs import INPUT_RULES, LayerInputStats, hooks_visible, input_owner
 from ...data.core import DataLike, Dataset, as_dataset
 from ...errors import ConfigError, UnsupportedLayerError, check_positive_int
@@ -45,7 +46,12 @@ class GPTQConfig(GridOptions):
     """GPTQ on the uniform grid, 2..8 bits (default 4).
 
     ``samples``: calibration samples; ``damp``: ``H + damp * mean(diag H) I``; ``unhooked``:
-    what to do with tensors whose layer inputs a hook cannot see ("error" | "rtn").
+    what to do with tensors whose layer inputs a hook cannot see ("error" | "rtn");
+    ``sequential``: calibrate each tensor on the already quantized ones before it (as the
+    GPTQ paper does; False: every ``H`` from one pass over the unquantized model);
+    ``calibration`` (sequential): ``blockwise`` runs the model's chain of blocks one at a
+    time on stored activations (:mod:`brainsurgeon.curvature.blockwise`), ``whole`` runs
+    the whole model once per tensor, ``auto`` blockwise where a chain is found.
     """
 
     METHOD: ClassVar[str] = "gptq"
@@ -55,10 +61,13 @@ class GPTQConfig(GridOptions):
     samples: int = 1024
     damp: float = 0.01
     unhooked: str = "error"
+    sequential: bool = True
+    calibration: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive_int("samples", self.samples)
+        one_of("calibration", self.calibration, CALIBRATIONS)
         if not 0.0 <= self.damp < 1.0:
             raise ConfigError(f"damp must lie in [0, 1), got {self.damp}; e.g. damp=0.01")
         one_of("unhooked", self.unhooked, UNHOOKED)
@@ -95,6 +104,22 @@ def input_hessian(
     finally:
         stats.detach()
     return parallel.reduce(stats).hessian()
+
+
+@torch.no_grad()
+def input_hessians(
+    model: nn.Module, layers: list[LayerPlan], calib: Dataset, device, batch_size: int = 256
+) -> dict[int, torch.Tensor]:
+    """``{id(layer): H}`` of every listed tensor from one pass over ``calib``."""
+    stats = {id(layer): _stats(model, layer).attach() for layer in layers}
+    try:
+        with preserved_modes(model, "eval"), hooks_visible():
+            for x, _ in parallel.shard(calib, batch_size).batches(batch_size, device=device):
+                model(x)
+    finally:
+        for s in stats.values():
+            s.detach()
+    return {k: parallel.reduce(s).hessian() for k, s in stats.items()}
 
 
 def _hookable(layer: LayerPlan) -> str | None:
@@ -180,14 +205,9 @@ class GPTQ(Quantizer):
             raise _refuse(first, unseen[id(first)])
         rtn_ids = {id(layer) for layer in rtn} | set(unseen)
         exact_rtn = {id(layer) for layer in layers if _diagonal(layer)}
-        solve = solver()
-        for layer in layers:
-            if id(layer) in rtn_ids | exact_rtn:
-                scale, zero = fit_grid(layer, config, layer.bits)
-                attach(layer, _grid_quant(layer, scale, zero, config))
-            else:
-                H = input_hessian(model, layer, calib, device)
-                self.solve_layer(layer, H, config, solve)
+        how = _calibrate(model, layers, calib, device, config, rtn_ids | exact_rtn)
+        names = [layer.name for layer in layers if id(layer) in rtn_ids]
+        out = {"calibration": how}
         names = [layer.name for layer in layers if id(layer) in rtn_ids]
         if names:
             warnings.warn(
@@ -195,7 +215,7 @@ class GPTQ(Quantizer):
                 f"{', '.join(names)}",
                 stacklevel=3,
             )
-        return {"round_to_nearest": names} if names else {}
+        return {**out, "round_to_nearest": names} if names else out
 
     @staticmethod
     def solve_layer(layer: LayerPlan, H: torch.Tensor, config: GPTQConfig, solve) -> None:
@@ -216,6 +236,48 @@ class GPTQ(Quantizer):
         with torch.no_grad():
             original(layer.module, layer.tensor).copy_(Wq.reshape(layer.weight.shape))
         attach(layer, _grid_quant(layer, scale, zero, config))
+
+
+def _calibrate(model, layers: list[LayerPlan], calib, device, config, rtn: set[int]) -> str:
+    """Quantize ``layers`` in order (round-to-nearest for the ids in ``rtn``); returns how
+    the inputs were calibrated: ``blockwise``, ``whole`` (with the reason) or ``one pass``."""
+    solve = solver()
+
+    def one(layer: LayerPlan, H) -> torch.Tensor:
+        if id(layer) in rtn:
+            scale, zero = fit_grid(layer, config, layer.bits)
+            attach(layer, _grid_quant(layer, scale, zero, config))
+        else:
+            GPTQ.solve_layer(layer, H, config, solve)
+        return getattr(layer.module, layer.tensor).detach()
+
+    if not config.sequential:
+        hessians = {}
+        solved = [layer for layer in layers if id(layer) not in rtn]
+        if solved:
+            hessians = input_hessians(model, solved, calib, device)
+        for layer in layers:
+            one(layer, hessians.get(id(layer)))
+        return "one pass"
+    steps = {layer.name: layer for layer in layers}
+    chain = "calibration='whole'"
+    if config.calibration != "whole":
+        order = [Step(layer.name, layer.module, layer.tensor, id(layer) not in rtn)
+                 for layer in layers]  # fmt: skip
+        chain = plan(model, order, calib, device)
+        if not isinstance(chain, str):
+            bs = batch_for(chain, order, len(calib), 256, "gptq calibration")
+            Calibrator(model, chain, calib, lambda s, H: one(steps[s.name], H), device=device,
+                       dtype=torch.float64, batch_size=bs).run(order)  # fmt: skip
+            return "blockwise"
+        if config.calibration == "blockwise":
+            raise ConfigError(f"gptq calibration='blockwise': {chain}; use 'auto' or 'whole'")
+        warnings.warn(
+            f"gptq: calibrating on the whole model, once per tensor ({chain})", stacklevel=4
+        )
+    for layer in layers:
+        one(layer, None if id(layer) in rtn else input_hessian(model, layer, calib, device))
+    return f"whole ({chain})"
 
 
 def _grid_quant(layer: LayerPlan, scale, zero, config: GPTQConfig) -> UniformQuant:
