@@ -16,7 +16,11 @@ from typing import Any
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success rename it over ``path``, else delete it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        from .errors import RunDirError
+
+        raise RunDirError(f"{path} is a directory; give a file name (nothing was written)")
+    _make_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -56,7 +60,9 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
     path = Path(path)
     if path.exists() and not force:
         raise RunDirError(f"{path} already exists; choose another --out or pass --force")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path} is a file, not a folder; choose another --out")
+    _make_parent(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -72,6 +78,22 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _make_parent(path: Path) -> None:
+    """Create the folder ``path`` goes in; a one-line error if a file is in the way."""
+    from .errors import RunDirError
+
+    if not path.name or path.name in (".", ".."):
+        raise RunDirError(f"{str(path)!r} names no file or folder; give a name (e.g. --out runs/x)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise RunDirError(
+            f"cannot create {path.parent}: a file is in the way; choose another path"
+        ) from None
+    except PermissionError:
+        raise RunDirError(f"cannot create {path.parent}: permission denied") from None
 
 
 def _default(obj: Any) -> Any:

@@ -60,13 +60,35 @@ class Run:
                 "an MNIST IDX folder), or export with config={'data': data.spec, "
                 "'normalization': data.normalization}"
             )
-        return load_data(spec.pop("name"), normalization=self.config.get("normalization"), **spec)
+        name = spec.pop("name")
+        bundle = load_data(name, normalization=self.config.get("normalization"), **spec)
+        _check_fits(self, bundle, name)
+        return bundle
 
     def child_config(self, step: dict[str, Any]) -> dict[str, Any]:
         """A copy of this run's config with ``step`` appended to the history (for derived runs)."""
         cfg = copy.deepcopy(self.config)
         cfg.setdefault("history", []).append({**step, "parent": str(self.path)})
         return cfg
+
+
+def _check_fits(run: Run, bundle, name: str) -> None:
+    """Refuse data whose samples or labels the run's model cannot take (one line)."""
+    from .errors import DataError
+
+    model = run.config.get("model") if isinstance(run.config.get("model"), dict) else {}
+    want = model.get("input_shape")
+    if want is not None and tuple(want) != tuple(bundle.input_shape):
+        raise DataError(
+            f"data {name!r} has samples of shape {tuple(bundle.input_shape)} but the model of "
+            f"{run.path} takes {tuple(want)}; pass data of the shape it was trained on"
+        )
+    classes = model.get("num_classes")
+    if isinstance(classes, int) and bundle.num_classes > max(classes, 2):
+        raise DataError(
+            f"data {name!r} has {bundle.num_classes} classes but the model of {run.path} "
+            f"predicts {classes}; pass data with labels 0..{classes - 1}"
+        )
 
 
 def save(
@@ -221,9 +243,20 @@ def _load_dir(path: Path) -> Run:
             f"{weights} does not match the model in {CONFIG_FILE} ({first}); "
             "the run is corrupt or was edited by hand"
         ) from None
-    metrics_path = path / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    return Run(path=path, model=model, config=cfg, metrics=metrics)
+    return Run(path=path, model=model, config=cfg, metrics=_read_metrics(path / METRICS_FILE))
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    """``metrics.json`` (absent: no metrics); a file that is not a JSON object is refused."""
+    if not path.exists():
+        return {}
+    try:
+        metrics = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunDirError(f"{path} is not valid JSON ({err}); the run is corrupt") from None
+    if not isinstance(metrics, dict):
+        raise RunDirError(f"{path} holds {type(metrics).__name__}, not a JSON object of metrics")
+    return metrics
 
 
 def load(

@@ -52,20 +52,39 @@ def read(path: str | os.PathLike) -> Loaded:
     if header.get("format") != FORMAT or not isinstance(header.get("tensors"), list):
         raise CompressedFileError(f"{path}: the header is not a brainsurgeon model header")
     model = _rebuild(header, path)
+    expected = model.state_dict()
     tensors = {}
     for record in header["tensors"]:
         name = record.get("name", "?") if isinstance(record, dict) else "?"
+        _check_record(record, name, expected, path)  # before decoding: no huge allocations
         try:
             tensors[name] = decode_tensor(record, _Sections(container, str(path)))
         except BrainsurgeonError as err:
             raise CompressedFileError(f"{path}: tensor {name!r} cannot be decoded: {err}") from None
-        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
+        except Exception as err:  # any inconsistency of a damaged or edited header
+            first = (str(err).strip().splitlines() or [""])[0][:200]
             raise CompressedFileError(
                 f"{path}: tensor {name!r} does not match its sections ({type(err).__name__}: "
-                f"{err}); re-export the file"
+                f"{first}); re-export the file"
             ) from None
     _load_weights(model, tensors, path)
     return Loaded(model.eval(), header, container, len(data), path)
+
+
+def _check_record(record: Any, name: Any, expected: dict, path: Path) -> None:
+    """A tensor record must name a tensor of the model, with the model's shape."""
+    if not isinstance(record, dict) or not isinstance(name, str) or name not in expected:
+        raise CompressedFileError(
+            f"{path}: the header lists a tensor {name!r} that the model does not have; "
+            "the file is damaged or was edited"
+        )
+    shape = record.get("shape")
+    want = list(expected[name].shape)
+    if not isinstance(shape, list) or shape != want:
+        raise CompressedFileError(
+            f"{path}: tensor {name!r} has shape {shape!r} in the header but the model's is "
+            f"{want}; the file is damaged or was edited"
+        )
 
 
 class _Sections(dict):

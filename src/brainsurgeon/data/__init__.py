@@ -199,7 +199,7 @@ def _check_targets(y: np.ndarray, what: str, *, regression: bool) -> None:
             f"{what} has shape {y.shape} and dtype {y.dtype}; expected a 1-D integer label "
             "vector (or float targets in every split, for regression)"
         )
-    if y.min() < 0:
+    if y.size and y.min() < 0:
         raise DataError(f"{what} has negative label {y.min()}; labels must be 0..K-1")
 
 

@@ -130,18 +130,23 @@ def load_recipe(recipe: str | os.PathLike | dict[str, Any]) -> Recipe:
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
+        lines = _lines(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise RecipeError(f"{source}{where}: not valid YAML: {problem}") from None
+    except RecursionError:
         raise RecipeError(
-            f"{source}{where}: not valid YAML: {getattr(err, 'problem', err)}"
+            f"{source}: nested too deeply to read (lists or mappings inside each other); "
+            "a recipe is a flat mapping with a list of steps"
         ) from None
     if not isinstance(data, dict):
         raise RecipeError(
             f"{source}: a recipe is a mapping of fields (name, data, model, "
             f"steps, ...), got {type(data).__name__}"
         )
-    r = Recipe(data=data, text=text, source=source, lines=_lines(node))
+    r = Recipe(data=data, text=text, source=source, lines=lines)
     validate(r)
     return r
 
