@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 RECORD_DIR = os.environ.get("BRAINSURGEON_FUZZ_RECORD")
@@ -173,6 +174,8 @@ class Tally:
     def check(self, verdict: tuple[str, str], what: Any) -> None:
         kind, detail = verdict
         self.tried += 1
+        if self.tried % 100 == 0:  # a long run cut short still leaves its counts
+            self.write()
         if kind == "accepted":
             self.accepted += 1
         elif kind == "refused":
@@ -218,6 +221,17 @@ def example_dir(root: Path, counter: list[int]) -> Any:
     finally:
         os.chdir(cwd)
         shutil.rmtree(work, ignore_errors=True)
+
+
+_TINY: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session", name="tiny")
+def tiny_fixture(tmp_path_factory) -> dict[str, Path]:
+    """:func:`tiny_run`, built once per process (the fuzz modules only read it)."""
+    if not _TINY:
+        _TINY.update(tiny_run(tmp_path_factory.mktemp("fuzz-tiny")))
+    return dict(_TINY)
 
 
 def tiny_run(root: Path) -> dict[str, Path]:

@@ -28,207 +28,95 @@ from fuzz_support import (  # noqa: E402
     judge,
     printable,
     run_main,
-    tiny_run,
+    tiny_fixture,  # noqa: F401 - the session fixture
 )
 
 TALLY = Tally("cli")
 
 # A cheap valid command line per command; {run} etc. are filled from the fixtures.
 BASE: dict[str, list[str]] = {
-    "demo": ["--out", "{out}", "--device", "tpu"],  # never valid here (it takes a minute)
-    "train": ["--model", "mlp:64-8-10", "--epochs", "1", "--out", "{out}"],
-    "evaluate": ["{run}"],
-    "inspect": ["{run}"],
-    "data": ["check", "digits"],
-    "prune": ["{run}", "--out", "{out}", "--samples", "32"],
-    "criteria": [],
-    "saliency-check": ["{run}", "--weights", "8", "--samples", "32", "--criteria", "magnitude"],
-    "quantize": ["{run}", "--bits", "2", "--out", "{out}"],
-    "quantizers": [],
-    "distill": [
-        "--teacher",
-        "{run}",
-        "--student",
-        "mlp:64-4-10",
-        "--epochs",
-        "1",
-        "--hint-epochs",
-        "0",
-        "--out",
-        "{out}",
-    ],
-    "factorize": ["{run}", "--rank", "2", "--out", "{out}", "--eval-samples", "64"],
-    "shrink": ["{pq}", "--out", "{out}"],
-    "drop": ["{run}", "--out", "{out}", "--blocks", "1", "--samples", "32"],
-    "merge": ["{run}", "--out", "{out}", "--amount", "0.5"],
-    "compare": [
-        "{run}",
-        "--criteria",
-        "magnitude",
-        "--sparsities",
-        "0.5",
-        "--samples",
-        "32",
-        "--rounds",
-        "1",
-        "--out",
-        "{out}",
-    ],
-    "study": [
-        "obd-sd",
-        "{run}",
-        "--criteria",
-        "magnitude",
-        "--rounds",
-        "1",
-        "--finetune-epochs",
-        "0",
-        "--samples",
-        "32",
-        "--sampled-weights",
-        "1",
-        "--out",
-        "{out}",
-    ],
-    "sensitivity": ["{run}", "--sparsities", "0.5", "--samples", "32", "--out", "{out}"],
-    "report": ["{run}", "--out", "{out}.html", "--no-latency"],
-    "export": ["{pq}", "--out", "{out}.bsc"],
-    "run": ["{recipe}", "--check"],
+    cmd: line.split()
+    for cmd, line in {
+        "demo": "--out {out} --device tpu",  # never valid here (the demo takes a minute)
+        "train": "--model mlp:64-8-10 --epochs 1 --out {out}",
+        "evaluate": "{run}",
+        "inspect": "{run}",
+        "data": "check digits",
+        "prune": "{run} --out {out} --samples 32",
+        "criteria": "",
+        "saliency-check": "{run} --weights 8 --samples 32 --criteria magnitude",
+        "quantize": "{run} --bits 2 --out {out}",
+        "quantizers": "",
+        "distill": "--teacher {run} --student mlp:64-4-10 --epochs 1 --hint-epochs 0 --out {out}",
+        "factorize": "{run} --rank 2 --out {out} --eval-samples 64",
+        "shrink": "{pq} --out {out}",
+        "drop": "{run} --out {out} --blocks 1 --samples 32",  # an MLP has no blocks: refused
+        "merge": "{run} --out {out} --amount 0.5",
+        "compare": "{run} --criteria magnitude --sparsities 0.5 --samples 32 --rounds 1 "
+        "--out {out}",
+        "study": "obd-sd {run} --criteria magnitude --rounds 1 --finetune-epochs 0 --samples 32 "
+        "--sampled-weights 1 --out {out}",
+        "sensitivity": "{run} --sparsities 0.5 --samples 32 --out {out}",
+        "report": "{run} --out {out}.html --no-latency",
+        "export": "{pq} --out {out}.bsc",
+        "run": "{recipe} --check",
+    }.items()
 }
 # Options that scale the work: only small or invalid values.
-COST = {
-    "epochs",
-    "finetune_epochs",
-    "final_finetune_epochs",
-    "hint_epochs",
-    "rounds",
-    "samples",
-    "seeds",
-    "max_iter",
-    "obs_steps",
-    "eval_samples",
-    "sampled_weights",
-    "weights",
-    "stages",
-    "block_width",
-    "batch_size",
-    "finetune_batch_size",
-    "sparsities",
-    "criteria",
-    "val_size",
-}
+COST = set(
+    "epochs finetune_epochs final_finetune_epochs hint_epochs rounds samples seeds max_iter "
+    "obs_steps eval_samples sampled_weights weights stages block_width batch_size "
+    "finetune_batch_size sparsities criteria val_size".split()
+)
 # (command, option) never dropped: the default --out of these writes beside the fixture run.
 KEEP = {
     ("demo", "--device"),
     *((c, "--out") for c in ("compare", "study", "sensitivity", "report", "train", "demo")),
 }
 COST_POOL = ["-1", "0", "1", "2", "x", "", "1.5"]
-INTS = ["-3", "-1", "0", "1", "2", "3", "7", "99999999999999999999", "1.5", "x", "", "1e3"]
-FLOATS = [
-    "-1",
-    "0",
-    "1e-12",
-    "0.5",
-    "0.9",
-    "1",
-    "1.5",
-    "2",
-    "1e308",
-    "1e999",
-    "nan",
-    "inf",
-    "-inf",
-    "x",
-    "",
-    "0x10",
-]
-STRINGS = [
-    "",
-    " ",
-    "x",
-    "bogus",
-    "0",
-    "-1",
-    "nan",
-    "null",
-    "[1, 2]",
-    "{}",
-    "a=b",
-    "=",
-    ",",
-    "é",
-    "x" * 300,
-    "fc1",
-    "*",
-]
+INTS = ["", *"-3 -1 0 1 2 3 7 99999999999999999999 1.5 x 1e3".split()]
+FLOATS = ["", *"-1 0 1e-12 0.5 0.9 1 1.5 2 1e308 1e999 nan inf -inf x 0x10".split()]
+STRINGS = ["", " ", "x" * 300, *"x bogus 0 -1 nan null [1,2] {} a=b = , é fc1 *".split()]
 NAMES = {
-    "model": [
-        "mlp:64-8-10",
-        "mlp:",
-        "mlp:0",
-        "mlp:64--10",
-        "mlp:-5",
-        "resnet",
-        "lenet5",
-        "mlp:64-8-10:relu",
-        "json:{}",
-        "no_such_pkg.models:build",
-    ],
-    "criterion": [
-        "magnitude",
-        "obd",
-        "obd-sd",
-        "obs",
-        "layerwise-obs",
-        "random",
-        "taylor1",
-        "true-damage",
-        "obx",
+    key: line.split()
+    for key, line in {
+        "model": "mlp:64-8-10 mlp: mlp:0 mlp:64--10 mlp:-5 resnet lenet5 mlp:64-8-10:relu "
+        "json:{} no_such_pkg.models:build",
+        "criterion": "magnitude obd obd-sd obs layerwise-obs random taylor1 true-damage obx "
         "MAGNITUDE",
-    ],
-    "method": [
-        "kmeans",
-        "uniform",
-        "gptq",
-        "binary",
-        "ternary",
-        "product",
-        "residual",
-        "kim",
-        "data-free",
-        "bogus",
-    ],
-    "loss": ["cross_entropy", "mse", "l1", "kd", "hint", "bogus"],
-    "task_loss": ["cross_entropy", "mse", "bogus"],
-    "optimizer": ["sgd", "adam", "adamw", "bogus"],
-    "lr_schedule": ["cosine", "step", "constant", "none", "bogus"],
-    "finetune_schedule": ["cosine", "step", "constant", "bogus"],
-    "granularity": ["element", "neuron", "channel", "head", "row", "tensor", "bogus"],
-    "scheme": ["global", "layerwise", "uniform", "bogus"],
-    "schedule": ["oneshot", "iterative", "bogus"],
-    "spacing": ["geometric", "linear", "bogus"],
-    "device": ["auto", "cpu", "cuda", "cuda:7", "tpu", "mps", ""],
-    "split": ["test", "val", "train", "bogus"],
-    "nm": ["2:4", "4:2", "0:4", "1:1", "2:", "x", "2:4:8"],
-    "index_bits": ["auto", "0", "1", "4", "8", "33", "x"],
-    "codec": ["auto", "raw", "huffman", "ans", "zip"],
-    "sram": ["1MB", "64KiB", "0", "-1", "x", "1e99"],
-    "range": ["minmax", "percentile", "mse", "bogus"],
-    "init": ["linear", "random", "density", "kmeans++", "bogus"],
-    "unhooked": ["error", "skip", "keep", "bogus"],
-    "transfer": ["train", "noise", "shift", "bogus"],
-    "hint_layer": ["fc1", "fc9", "", "*"],
-    "guided_layer": ["fc1", "fc9", ""],
-    "per_layer_bits": ["fc1=2", "fc9=3", "fc1=x", "fc1", "=2", "fc1=99"],
-    "layers": ["fc1", "fc1,fc2", "nomatch", "*", ",", "fc*.bias"],
-    "skip": ["fc1", "nomatch", "*"],
-    "exclude": ["fc1", "*", "nomatch"],
-    "option": ["hessian=ggn", "k=2", "damp=-1", "x", "=1", "bogus=1", "damping=nan"],
-    "criterion_options": ["obd.hessian=ggn", "x", "magnitude.k=2", "{}", "bogus"],
-    "model_kwargs": ["{}", '{"dropout": 2}', "[1]", "x", '{"bogus": 1}', '{"hidden": -1}'],
-    "quantizers": ["kmeans:4", "uniform", "bogus", "kmeans:99", ""],
-    "action": ["list", "check", "fetch", "bogus"],
-    "name": ["digits", "mnist", "bogus", "{file}", "{dir}", "{missing}", "{npz}"],
+        "method": "kmeans uniform gptq binary ternary product residual kim data-free bogus",
+        "loss": "cross_entropy mse l1 kd hint bogus",
+        "task_loss": "cross_entropy mse bogus",
+        "optimizer": "sgd adam adamw bogus",
+        "lr_schedule": "cosine step constant none bogus",
+        "finetune_schedule": "cosine step constant bogus",
+        "granularity": "element neuron channel head row tensor bogus",
+        "scheme": "global layerwise uniform bogus",
+        "schedule": "oneshot iterative bogus",
+        "spacing": "geometric linear bogus",
+        "device": "auto cpu cuda cuda:7 tpu mps",
+        "split": "test val train bogus",
+        "nm": "2:4 4:2 0:4 1:1 2: x 2:4:8",
+        "index_bits": "auto 0 1 4 8 33 x",
+        "codec": "auto raw huffman ans zip",
+        "sram": "1MB 64KiB 0 -1 x 1e99",
+        "range": "minmax percentile mse bogus",
+        "init": "linear random density kmeans++ bogus",
+        "unhooked": "error skip keep bogus",
+        "transfer": "train noise shift bogus",
+        "hint_layer": "fc1 fc9 *",
+        "guided_layer": "fc1 fc9",
+        "per_layer_bits": "fc1=2 fc9=3 fc1=x fc1 =2 fc1=99",
+        "layers": "fc1 fc1,fc2 nomatch * , fc*.bias",
+        "skip": "fc1 nomatch *",
+        "exclude": "fc1 * nomatch",
+        "option": "hessian=ggn k=2 damp=-1 x =1 bogus=1 damping=nan",
+        "criterion_options": "obd.hessian=ggn x magnitude.k=2 {} bogus",
+        "model_kwargs": '{} {"dropout":2} [1] x {"bogus":1} {"hidden":-1}',
+        "quantizers": "kmeans:4 uniform bogus kmeans:99",
+        "action": "list check fetch bogus",
+        "name": "digits mnist bogus {file} {dir} {missing} {npz}",
+    }.items()
 }
 PATHS = [
     "{missing}",
@@ -347,9 +235,10 @@ def command_lines(draw) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory):
+def paths(tmp_path_factory, tiny):
     root = tmp_path_factory.mktemp("fuzz-cli")
-    made = tiny_run(root / "fixtures")
+    made = tiny
+    (root / "fixtures").mkdir()
     (root / "fixtures" / "plain.txt").write_text("not a run\n")
     (root / "fixtures" / "cfg.json").write_text('{"format": "brainsurgeon-run"}')
     (root / "fixtures" / "empty").mkdir()
@@ -398,11 +287,6 @@ def _fill(argv: list[str], paths: dict, work: Path) -> list[str]:
     return out
 
 
-def _fixture_files(paths: dict) -> list[tuple[str, float]]:
-    root = Path(paths["root"]) / "fixtures"
-    return sorted((str(p), p.stat().st_mtime) for p in root.rglob("*"))
-
-
 counter = [0]
 
 
@@ -421,11 +305,11 @@ def check_command_line(argv: list[str], paths: dict) -> None:
 
 
 def _leaks(paths: dict) -> list[str]:
-    root = Path(paths["root"]) / "fixtures"
-    return [str(p) for p in root.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+    roots = [Path(paths["root"]) / "fixtures", Path(paths["run"]).parent]
+    return [str(p) for r in roots for p in r.rglob(".*") if p.name.endswith((".tmp", ".old"))]
 
 
-@fuzz_settings(default=150)
+@fuzz_settings(default=60)
 @given(argv=command_lines())
 def test_every_command_works_or_refuses_in_one_line(argv, paths):
     check_command_line(argv, paths)

@@ -23,7 +23,14 @@ import torch  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from fuzz_support import Tally, example_dir, fuzz_settings, judge, run_main, tiny_run  # noqa: E402
+from fuzz_support import (  # noqa: E402
+    Tally,
+    example_dir,
+    fuzz_settings,
+    judge,
+    run_main,
+    tiny_fixture,  # noqa: E402, F401 - the session fixture
+)
 
 TALLY = Tally("files")
 JUNK = [
@@ -51,9 +58,10 @@ JUNK = [
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory):
+def made(tmp_path_factory, tiny):
     root = tmp_path_factory.mktemp("fuzz-files")
-    paths = tiny_run(root / "fixtures")
+    paths = dict(tiny)
+    (root / "fixtures").mkdir()
     other = root / "fixtures" / "other"
     res = run_main(
         ["train", "--model", "mlp:64-12-10", "--epochs", "1", "--out", str(other), "--quiet"]
@@ -179,7 +187,7 @@ def _apply(d: dict, run: Path, made: dict, draw_json) -> None:
 counter = [0]
 
 
-@fuzz_settings(default=80, share=0.4)
+@fuzz_settings(default=30, share=0.4)
 @given(d=run_damage(), data=st.data())
 def test_damaged_run_directories_are_refused_in_one_line(d, data, made):
     with example_dir(made["root"] / "work", counter) as work:
@@ -254,7 +262,7 @@ def _same(a: dict, b: dict) -> bool:
     )
 
 
-@fuzz_settings(default=120, share=0.4)
+@fuzz_settings(default=40, share=0.4)
 @given(data=st.data(), command=st.sampled_from(["inspect", "evaluate", "inspect"]))
 def test_damaged_bsc_files_are_refused(data, command, made):
     original = made["bsc_bytes"]
@@ -263,7 +271,7 @@ def test_damaged_bsc_files_are_refused(data, command, made):
     check_bsc(damaged, made, d, command=command, must_refuse=damaged != original)
 
 
-@fuzz_settings(default=60, share=0.2)
+@fuzz_settings(default=20, share=0.2)
 @given(data=st.data(), command=st.sampled_from(["inspect", "evaluate"]))
 def test_tampered_bsc_headers_are_refused_or_load(data, command, made):
     """Header fields changed and the file re-packed with valid CRCs and SHA-256 (a buggy

@@ -19,7 +19,14 @@ import yaml  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from fuzz_support import Tally, example_dir, fuzz_settings, judge, run_main, tiny_run  # noqa: E402
+from fuzz_support import (  # noqa: E402
+    Tally,
+    example_dir,
+    fuzz_settings,
+    judge,
+    run_main,
+    tiny_fixture,  # noqa: E402, F401 - the session fixture
+)
 
 TALLY = Tally("recipes")
 COST_KEYS = {
@@ -211,9 +218,10 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory):
+def paths(tmp_path_factory, tiny):
     root = tmp_path_factory.mktemp("fuzz-recipes")
-    made = tiny_run(root / "fixtures")
+    made = tiny
+    (root / "fixtures").mkdir()
     (root / "fixtures" / "plain.txt").write_text("x")
     import numpy as np
 
@@ -274,14 +282,14 @@ def check_recipe(text: str, paths: dict, *, execute: bool, recipe=None) -> None:
     TALLY.check(verdict, text[:2000])
 
 
-@fuzz_settings(default=120, share=0.9)
+@fuzz_settings(default=50, share=0.9)
 @given(recipe=recipes(), execute=st.integers(0, 9))
 def test_random_recipes_validate_or_refuse_in_one_line(recipe, execute, paths):
     text = yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
     check_recipe(text, paths, execute=execute == 0, recipe=recipe)
 
 
-@fuzz_settings(default=40, share=0.1)
+@fuzz_settings(default=15, share=0.1)
 @given(
     base=st.sampled_from(TEXTS),
     cut=st.integers(0, 400),

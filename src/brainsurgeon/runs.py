@@ -53,7 +53,7 @@ class Run:
         """Load the data this run was trained on, normalised with the recorded statistics."""
         from .data import load_data
 
-        spec = {**self.config.get("data", {}), **overrides}
+        spec = {**_recorded_data(self), **overrides}
         if not spec.get("name"):
             raise RunDirError(
                 f"{self.path} records no data set; pass one (e.g. --data digits, an .npz file or "
@@ -61,7 +61,8 @@ class Run:
                 "'normalization': data.normalization}"
             )
         name = spec.pop("name")
-        bundle = load_data(name, normalization=self.config.get("normalization"), **spec)
+        norm = _recorded_normalization(self)
+        bundle = load_data(name, normalization=norm, **spec)
         _check_fits(self, bundle, name)
         return bundle
 
@@ -70,6 +71,40 @@ class Run:
         cfg = copy.deepcopy(self.config)
         cfg.setdefault("history", []).append({**step, "parent": str(self.path)})
         return cfg
+
+
+def _recorded_data(run: Run) -> dict[str, Any]:
+    """The run's ``data`` record (``{"name", "seed", "val_size"}``), checked field by field."""
+    spec = run.config.get("data", {})
+    types = {"name": str, "seed": int, "val_size": int, "progress": bool}
+    bad = not isinstance(spec, dict) or any(
+        k not in types or (v is not None and type(v) is not types[k]) for k, v in spec.items()
+    )
+    if bad or (isinstance(spec.get("seed"), int) and not 0 <= spec["seed"] < 2**32):
+        raise RunDirError(
+            f"{run.path}: the recorded data {spec!r} is not {{'name': str, 'seed': int, "
+            "'val_size': int}}; the run is corrupt (or pass --data where the command has it)"
+        )
+    return spec
+
+
+def _recorded_normalization(run: Run) -> dict[str, float] | None:
+    """``{"mean", "std"}`` recorded at training (finite numbers, std > 0), or None."""
+    import math
+
+    norm = run.config.get("normalization")
+    if norm is None:
+        return None
+    ok = isinstance(norm, dict) and all(
+        isinstance(norm.get(k), int | float) and not isinstance(norm.get(k), bool)
+        and math.isfinite(norm[k]) for k in ("mean", "std")
+    )  # fmt: skip
+    if not ok or norm["std"] <= 0:
+        raise RunDirError(
+            f"{run.path}: the recorded normalization {norm!r} is not {{'mean': number, "
+            "'std': number > 0}}; the run is corrupt, re-create it"
+        )
+    return norm
 
 
 def _check_fits(run: Run, bundle, name: str) -> None:
@@ -201,7 +236,10 @@ def _load_file(path: Path) -> Run:
 
     loaded = read(path)
     header = loaded.header
-    cfg = {**header.get("run", {}), "model": header["model"], "edits": header.get("edits", [])}
+    recorded = header.get("run", {})
+    if not isinstance(recorded, dict) or not isinstance(header.get("metrics", {}), dict):
+        raise RunDirError(f"{path}: the header's run or metrics record is not a mapping; re-export")
+    cfg = {**recorded, "model": header["model"], "edits": header.get("edits", [])}
     cfg.update(format="brainsurgeon-compressed", baked=True, file_bytes=loaded.file_bytes)
     return Run(path=path, model=loaded.model, config=cfg, metrics=dict(header.get("metrics", {})))
 

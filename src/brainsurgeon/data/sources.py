@@ -208,7 +208,7 @@ def npz_arrays(path: Path) -> Arrays:
     try:
         with np.load(path, allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+    except Exception as err:  # any damage of foreign bytes (zip, zlib, npy header) is a refusal
         raise DataError(
             f"cannot read {path} as .npz ({err}); expected an uncompressed or "
             "compressed numpy archive without pickled objects"

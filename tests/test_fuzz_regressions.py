@@ -1,0 +1,242 @@
+"""One test per failure the fuzz tests found (``tests/test_fuzz_*.py``), with its input.
+
+Each was a traceback, a multi-line error, or an output left behind after a refusal; each is
+now one line on stderr with exit code 2 and nothing written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+from fuzz_support import run_main
+
+
+def refused(argv: list[str], *fragments: str) -> str:
+    res = run_main([str(a) for a in argv] + ["--quiet"])
+    assert res.error is None, res.error
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.code == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("brainsurgeon") and "error:" in lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def bsc(trained_run, tmp_path_factory):
+    path = tmp_path_factory.mktemp("bsc") / "model.bsc"
+    assert run_main(["export", str(trained_run), "--out", str(path), "--quiet"]).code == 0
+    return path
+
+
+def test_argparse_mistakes_are_one_line_without_usage():
+    line = refused(["train", "--epochs", "x"], "invalid int value: 'x'", "--help")
+    assert "usage:" not in line
+
+
+def test_demo_out_empty_is_refused(tmp_path, monkeypatch):  # cli: demo --out ''
+    monkeypatch.chdir(tmp_path)
+    refused(["demo", "--out", ""], "--out must name a folder")
+    assert not any(tmp_path.iterdir())
+
+
+def test_report_out_a_folder_is_refused(trained_run, tmp_path):  # cli: report RUN --out DIR
+    refused(["report", trained_run, "--out", tmp_path, "--no-latency"], "is a directory")
+    assert not any(tmp_path.iterdir())
+
+
+def test_out_below_a_file_is_refused(trained_run, tmp_path):  # cli: prune RUN --out FILE/x
+    (tmp_path / "f").write_text("x")
+    refused(["prune", trained_run, "--out", tmp_path / "f" / "x"], "a file is in the way")
+
+
+def test_seed_out_of_numpy_range_is_refused():  # cli: data check digits --seed -1
+    refused(["data", "check", "digits", "--seed", "-1"], "a seed lies in [0, 2**32)")
+    refused(["train", "--seed", str(2**64)], "a seed lies in [0, 2**32)")
+
+
+def test_other_data_of_another_shape_is_refused(trained_run, tmp_path):
+    """cli: evaluate RUN --data mnist (RUN trained on digits): was a matmul RuntimeError."""
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=rng.random((12, 16), np.float32),
+        y_train=np.arange(12) % 3,
+        x_test=rng.random((6, 16), np.float32),
+        y_test=np.arange(6) % 3,
+    )
+    refused(["evaluate", trained_run, "--data", tmp_path / "d.npz"], "(1, 4, 4)", "(1, 8, 8)")
+
+
+def test_compare_bad_pattern_leaves_no_folder(trained_run, tmp_path):
+    """cli: compare RUN --criteria magnitude --sparsities 0.5 --layers 'fc*.bias' left OUT."""
+    out = tmp_path / "out"
+    argv = [
+        "compare",
+        trained_run,
+        "--criteria",
+        "magnitude",
+        "--sparsities",
+        "0.5",
+        "--samples",
+        "32",
+        "--out",
+        out,
+        "--layers",
+        "fc*.bias",
+    ]
+    refused(argv, "matches no compressible layer")
+    assert not out.exists()
+
+
+def test_study_bad_lr_leaves_no_folder(trained_run, tmp_path):
+    """cli: study obd-sd RUN ... --finetune-lr 0 left OUT with its first cell."""
+    out = tmp_path / "out"
+    argv = [
+        "study",
+        "obd-sd",
+        trained_run,
+        "--criteria",
+        "magnitude",
+        "--rounds",
+        "1",
+        "--finetune-epochs",
+        "0",
+        "--samples",
+        "32",
+        "--out",
+        out,
+        "--finetune-lr",
+        "0",
+    ]
+    refused(argv, "finetune_lr must be > 0")
+    assert not out.exists()
+
+
+def test_regression_loss_on_class_labels_is_refused(trained_run):
+    """cli: saliency-check RUN --loss mse: was 'size of tensor a (10) must match ... (32)'."""
+    refused(
+        [
+            "saliency-check",
+            trained_run,
+            "--weights",
+            "8",
+            "--samples",
+            "32",
+            "--criteria",
+            "magnitude",
+            "--loss",
+            "mse",
+        ],
+        "one target per output",
+    )
+
+
+def test_deeply_nested_recipe_is_refused(tmp_path):  # recipes: steps: [[[[...]]]] 2000 deep
+    (tmp_path / "r.yaml").write_text("steps: " + "[" * 2000 + "]" * 2000 + "\n")
+    refused(["run", tmp_path / "r.yaml", "--check"], "nested too deeply")
+
+
+def test_yaml_reader_error_is_one_line(tmp_path):  # recipes: a NUL byte in the file
+    (tmp_path / "r.yaml").write_text("\x00\x01")
+    refused(["run", tmp_path / "r.yaml", "--check"], "not valid YAML")
+
+
+def test_empty_label_array_is_refused(tmp_path):
+    """data: y_train int8[0] with 12 x_train rows: was numpy's zero-size reduction error."""
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=np.zeros((12, 9), np.float32),
+        y_train=np.zeros(0, np.int8),
+        x_test=np.zeros((6, 9), np.float32),
+        y_test=np.zeros(6, np.int64),
+    )
+    refused(["data", "check", tmp_path / "d.npz"], "12 samples but y_train has 0")
+
+
+def test_corrupt_gzip_idx_is_refused(tmp_path):
+    """data: an IDX .gz whose deflate stream is damaged: was zlib.error."""
+    from brainsurgeon.data.sources import IDX_FILES
+
+    arr = np.arange(160, dtype=np.uint8).reshape(10, 4, 4)
+    body = bytes([0, 0, 8, 3]) + struct.pack(">3I", 10, 4, 4) + arr.tobytes()
+    for stem in IDX_FILES.values():
+        (tmp_path / f"{stem}.gz").write_bytes(gzip.compress(body, mtime=0))
+    blob = bytearray(gzip.compress(body, mtime=0))
+    blob[14] ^= 0xFF  # inside the deflate stream
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(bytes(blob))
+    refused(["data", "check", tmp_path], "corrupt gzip")
+
+
+@pytest.mark.parametrize("text, fragment", [("", "not valid JSON"), ("null", "not a JSON object")])
+def test_bad_metrics_json_is_refused(trained_run, tmp_path, text, fragment):
+    """files: metrics.json empty (JSONDecodeError) or ``null`` (TypeError in inspect)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "metrics.json").write_text(text)
+    refused(["inspect", run], "metrics.json", fragment)
+
+
+def test_tampered_bsc_tensor_shape_is_refused(bsc, tmp_path):
+    """files: a header whose tensor shape was edited, re-packed with valid checksums: was a
+    reshape RuntimeError, or a 9-line torch overflow message for a huge shape."""
+    from brainsurgeon.container.format import pack, unpack
+
+    c = unpack(bsc.read_bytes())
+    for shape in ([16], [2**63, 1]):
+        header = json.loads(json.dumps({k: v for k, v in c.header.items() if k != "sections"}))
+        header["tensors"][-1]["shape"] = shape
+        path = tmp_path / "t.bsc"
+        path.write_bytes(pack(header, dict(c.sections)))
+        refused(["inspect", path], "in the header but the model's is")
+
+
+def test_bit_flip_inside_a_compressed_npz_is_refused(tmp_path):
+    """data: a flipped bit in the deflate stream of a savez_compressed archive: was zlib.error
+    (the zip's CRC is only checked after decompressing)."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        x_train=np.zeros((12, 16), np.float32),
+        y_train=np.arange(12) % 2,
+        x_test=np.zeros((6, 16), np.float32),
+        y_test=np.arange(6) % 2,
+    )
+    blob = bytearray(buf.getvalue())
+    found = False
+    for i in range(40, len(blob) - 200, max(1, (len(blob) - 240) // 25)):
+        trial = bytearray(blob)
+        trial[i] ^= 0x10
+        (tmp_path / "d.npz").write_bytes(bytes(trial))
+        res = run_main(["data", "check", str(tmp_path / "d.npz"), "--quiet"])
+        assert res.error is None and res.code in (0, 2), (i, res.error, res.stderr)
+        found = found or "cannot read" in res.stderr
+    assert found
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("normalization", -1),
+        ("normalization", {"mean": 0, "std": 0}),
+        ("data", [1]),
+        ("data", {"name": "digits", "bogus": 1}),
+    ],
+)
+def test_bad_recorded_data_fields_are_refused(trained_run, tmp_path, field, value):
+    """files: config.json (or a .bsc header) with ``"normalization": -1``: was
+    "'int' object is not subscriptable" in load_data."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg[field] = value
+    (run / "config.json").write_text(json.dumps(cfg))
+    refused(["evaluate", run], "the run is corrupt")
