@@ -240,3 +240,54 @@ def test_bad_recorded_data_fields_are_refused(trained_run, tmp_path, field, valu
     cfg[field] = value
     (run / "config.json").write_text(json.dumps(cfg))
     refused(["evaluate", run], "the run is corrupt")
+
+
+def _edit_config(run, **fields):
+    cfg = json.loads((run / "config.json").read_text())
+    for key, value in fields.items():
+        target = cfg
+        *parents, last = key.split("__")
+        for part in parents:
+            target = target[part]
+        target[last] = value
+    (run / "config.json").write_text(json.dumps(cfg))
+
+
+def test_format_version_of_another_type_is_refused(trained_run, tmp_path):
+    """files: config.json with ``"format_version": []``: was "'>' not supported"."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    _edit_config(run, format_version=[])
+    refused(["evaluate", run], "format_version is []")
+
+
+def test_model_spec_torch_cannot_build_is_one_line(trained_run, tmp_path):
+    """files: config.json whose model spec makes torch raise a 9-line C++ error (an integer
+    overflow in a layer size): now its first line only."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    _edit_config(run, model__num_classes=2**63)
+    line = refused(["export", run, "--out", tmp_path / "m.bsc"], "for model 'lenet300'")
+    assert "frame #" not in line
+    assert not (tmp_path / "m.bsc").exists()
+
+
+def test_kmeans_indices_out_of_range_are_refused(trained_run, tmp_path):
+    """files: a k-means run whose model.safetensors was changed (and its checksum updated by
+    hand) so an index points past the codebook: was an IndexError at the first forward."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "q"
+    assert (
+        run_main(["quantize", str(trained_run), "--bits", "2", "--out", str(run), "--quiet"]).code
+        == 0
+    )
+    tensors = load_file(str(run / "model.safetensors"))
+    key = next(k for k in tensors if k.endswith("indices"))
+    tensors[key].view(-1)[0] = -32760
+    save_file(tensors, str(run / "model.safetensors"), metadata={"format": "brainsurgeon-run"})
+    sha = hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
+    _edit_config(run, weights_sha256=sha)
+    refused(["evaluate", run], "indices hold values outside")

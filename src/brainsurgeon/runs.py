@@ -32,7 +32,7 @@ from torch import nn
 
 from . import state
 from ._io import atomic_dir, write_json
-from .errors import BrainsurgeonError, RunDirError
+from .errors import BrainsurgeonError, RunDirError, first_line
 from .utils import environment
 
 FORMAT = "brainsurgeon-run"
@@ -194,7 +194,10 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "model" not in cfg:
         raise RunDirError(f"{cfg_path} is not a brainsurgeon run config")
-    if cfg.get("format_version", 0) > FORMAT_VERSION:
+    version = cfg.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise RunDirError(f"{cfg_path}: format_version is {version!r}, not an integer")
+    if version > FORMAT_VERSION:
         raise RunDirError(
             f"{path} was written by a newer brainsurgeon (format "
             f"{cfg['format_version']}); upgrade brainsurgeon"
@@ -269,7 +272,7 @@ def _load_dir(path: Path) -> Run:
     except BrainsurgeonError:
         raise
     except Exception as err:  # a spec that no longer builds: say so plainly
-        raise RunDirError(f"cannot rebuild the model of {path}: {err}") from None
+        raise RunDirError(f"cannot rebuild the model of {path}: {first_line(err)}") from None
     state.set_spec(model, cfg["model"])
     for rec in cfg.get("edits", []):
         model.__dict__.setdefault(state.EDITS_ATTR, []).append(rec)

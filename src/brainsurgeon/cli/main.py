@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrainsurgeonError as err:
         if os.environ.get("BRAINSURGEON_DEBUG"):
             raise
-        print(f"brainsurgeon {args.command}: error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, whatever the message holds
+        print(f"brainsurgeon {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

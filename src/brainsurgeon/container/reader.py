@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from .. import state
-from ..errors import BrainsurgeonError
+from ..errors import BrainsurgeonError, first_line
 from .format import MAGIC, CompressedFileError, Container, is_container, section, unpack
 from .table import ByteTable, byte_table
 from .tensors import decode_tensor
@@ -62,10 +62,9 @@ def read(path: str | os.PathLike) -> Loaded:
         except BrainsurgeonError as err:
             raise CompressedFileError(f"{path}: tensor {name!r} cannot be decoded: {err}") from None
         except Exception as err:  # any inconsistency of a damaged or edited header
-            first = (str(err).strip().splitlines() or [""])[0][:200]
             raise CompressedFileError(
                 f"{path}: tensor {name!r} does not match its sections ({type(err).__name__}: "
-                f"{first}); re-export the file"
+                f"{first_line(err, 200)}); re-export the file"
             ) from None
     _load_weights(model, tensors, path)
     return Loaded(model.eval(), header, container, len(data), path)
@@ -107,7 +106,7 @@ def _rebuild(header: dict[str, Any], path: Path) -> nn.Module:
     except BrainsurgeonError as err:
         raise CompressedFileError(f"{path}: cannot rebuild the model: {err}") from None
     except Exception as err:  # a spec that does not build is a damaged or foreign header
-        raise CompressedFileError(f"{path}: cannot rebuild the model ({err})") from None
+        raise CompressedFileError(f"{path}: cannot rebuild the model ({first_line(err)})") from None
     state.set_spec(model, header["model"])
     for rec in header.get("edits", []):
         model.__dict__.setdefault(state.EDITS_ATTR, []).append(rec)

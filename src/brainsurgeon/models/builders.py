@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..registry import Registry
 
 MODELS: Registry = Registry("model")
@@ -189,7 +189,9 @@ def _build(name: str, input_shape, num_classes, kwargs) -> nn.Module:
         try:
             return MODELS.get(name)(input_shape, num_classes, **kwargs)
         except TypeError as err:
-            raise ConfigError(f"bad options {kwargs} for model {name!r}: {err}") from None
+            raise ConfigError(
+                f"bad options {kwargs} for model {name!r}: {first_line(err)}"
+            ) from None
     if re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", name):
         return _user_model(name, input_shape, num_classes, dict(kwargs))
     raise ConfigError(
@@ -214,7 +216,7 @@ def _user_model(name: str, input_shape, num_classes, kwargs) -> nn.Module:
     try:
         model = factory(**kwargs)
     except TypeError as err:
-        raise ConfigError(f"{name}(**{json.dumps(kwargs)}) failed: {err}") from None
+        raise ConfigError(f"{name}(**{json.dumps(kwargs)}) failed: {first_line(err)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{name} returned {type(model).__name__}, expected a torch.nn.Module")
     return model
