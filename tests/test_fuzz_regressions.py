@@ -291,3 +291,30 @@ def test_kmeans_indices_out_of_range_are_refused(trained_run, tmp_path):
     sha = hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
     _edit_config(run, weights_sha256=sha)
     refused(["evaluate", run], "indices hold values outside")
+
+
+def test_uint8_label_255_counts_256_classes(tmp_path):
+    """data: an .npz with uint8 labels including 255: ``max() + 1`` overflowed to 0 in uint8,
+    the model got 2 outputs and training raised "Target 255 is out of bounds"."""
+    from brainsurgeon.data import load_data
+
+    y = np.arange(12, dtype=np.uint8) % 3
+    y[0] = 255
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=np.zeros((12, 16), np.float32),
+        y_train=y,
+        x_test=np.zeros((6, 16), np.float32),
+        y_test=np.zeros(6, np.uint8),
+    )
+    assert load_data(str(tmp_path / "d.npz"), progress=False).num_classes == 256
+
+
+@pytest.mark.parametrize("field, value", [("history", 1e300), ("edits", {}), ("model", [])])
+def test_config_fields_of_the_wrong_type_are_refused(trained_run, tmp_path, field, value):
+    """files: config.json with ``"history": 1e999`` (read as inf): was "'float' object is not
+    iterable" in inspect."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    _edit_config(run, **{field: value})
+    refused(["inspect", run], f"field {field!r} holds")

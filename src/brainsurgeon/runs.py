@@ -38,6 +38,17 @@ from .utils import environment
 FORMAT = "brainsurgeon-run"
 FORMAT_VERSION = 1
 MODEL_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.json"
+#: The type of each structural field of ``config.json`` (checked on read).
+FIELD_TYPES = {
+    "model": dict,
+    "data": dict,
+    "training": dict,
+    "history": list,
+    "edits": list,
+    "parametrizations": list,
+    "compression": dict,
+    "weights_sha256": str,
+}
 
 
 @dataclass
@@ -194,6 +205,12 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "model" not in cfg:
         raise RunDirError(f"{cfg_path} is not a brainsurgeon run config")
+    for key, kind in FIELD_TYPES.items():
+        if key in cfg and not isinstance(cfg[key], kind):
+            raise RunDirError(
+                f"{cfg_path}: field {key!r} holds {type(cfg[key]).__name__}, expected "
+                f"{kind.__name__}; the run is corrupt or was edited by hand"
+            )
     version = cfg.get("format_version", 0)
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise RunDirError(f"{cfg_path}: format_version is {version!r}, not an integer")

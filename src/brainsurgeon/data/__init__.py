@@ -73,7 +73,7 @@ def load_data(
     if regression:  # the model's outputs: one per target column
         num_classes = 1 if arrays["y_train"].ndim == 1 else int(arrays["y_train"].shape[1])
     else:
-        num_classes = max(int(max(arrays[f"y_{s}"].max() for s in ("train", "val", "test")) + 1), 2)
+        num_classes = max(max(int(arrays[f"y_{s}"].max()) for s in ("train", "val", "test")) + 1, 2)
     return DataBundle(
         name=spec["name"],
         train=ds("train"),
