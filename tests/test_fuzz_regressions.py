@@ -318,3 +318,20 @@ def test_config_fields_of_the_wrong_type_are_refused(trained_run, tmp_path, fiel
     shutil.copytree(trained_run, run)
     _edit_config(run, **{field: value})
     refused(["inspect", run], f"field {field!r} holds")
+
+
+def test_unknown_mlp_option_in_a_recipe_is_refused(tmp_path):
+    """recipes: ``model: mlp:64-8-10`` with ``model_kwargs: {"BÐ3F": -7941}``: was MLP's
+    TypeError "unexpected keyword argument" at the start of the run."""
+    (tmp_path / "r.yaml").write_text(
+        "data: digits\nmodel: mlp:64-8-10\nmodel_kwargs: {bogus: 1}\n"
+        "steps: [{train: {epochs: 1}}]\n"
+    )
+    refused(["run", tmp_path / "r.yaml", "--out", tmp_path / "o"], "bad options", "'bogus'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_bare_yaml_tag_is_refused(tmp_path):
+    """recipes: a file holding only ``!!int``: was IndexError inside the YAML reader."""
+    (tmp_path / "r.yaml").write_text("!!int")
+    refused(["run", tmp_path / "r.yaml", "--check"], "not valid YAML")

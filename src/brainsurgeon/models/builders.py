@@ -184,7 +184,12 @@ def build_model(
 
 def _build(name: str, input_shape, num_classes, kwargs) -> nn.Module:
     if name.startswith("mlp:"):
-        return MLP(**{**parse_mlp(name, input_shape, num_classes), **kwargs})
+        try:
+            return MLP(**{**parse_mlp(name, input_shape, num_classes), **kwargs})
+        except TypeError as err:
+            raise ConfigError(
+                f"bad options {kwargs} for model {name!r}: {first_line(err)}"
+            ) from None
     if name in MODELS:
         try:
             return MODELS.get(name)(input_shape, num_classes, **kwargs)

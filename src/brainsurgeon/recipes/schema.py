@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import BrainsurgeonError, ConfigError
+from ..errors import BrainsurgeonError, ConfigError, first_line
 from .steps import STEPS, StepOptions
 
 STEP_KINDS = STEPS  # the registry: names, descriptions, ``in``
@@ -140,6 +140,10 @@ def load_recipe(recipe: str | os.PathLike | dict[str, Any]) -> Recipe:
         raise RecipeError(
             f"{source}: nested too deeply to read (lists or mappings inside each other); "
             "a recipe is a flat mapping with a list of steps"
+        ) from None
+    except Exception as err:  # the YAML reader's own slips on odd input (e.g. a bare '!!int')
+        raise RecipeError(
+            f"{source}: not valid YAML ({type(err).__name__}: {first_line(err)})"
         ) from None
     if not isinstance(data, dict):
         raise RecipeError(
