@@ -335,3 +335,26 @@ def test_bare_yaml_tag_is_refused(tmp_path):
     """recipes: a file holding only ``!!int``: was IndexError inside the YAML reader."""
     (tmp_path / "r.yaml").write_text("!!int")
     refused(["run", tmp_path / "r.yaml", "--check"], "not valid YAML")
+
+
+def test_binary_recipe_file_is_refused(tmp_path):
+    """cli: run FILE.npz --check: was UnicodeDecodeError reading the recipe."""
+    np.savez(tmp_path / "d.npz", x=np.arange(300.0))
+    refused(["run", tmp_path / "d.npz", "--check"], "not a UTF-8 text file")
+
+
+@pytest.mark.parametrize(
+    "command, extra",
+    [
+        ("compare", ["--criteria", "magnitude", "--sparsities", "0.5", "--scheme", "uniform"]),
+        ("sensitivity", ["--sparsities", "0.5", "--loss", "mse"]),
+    ],
+)
+def test_experiment_refused_in_its_first_cell_leaves_no_folder(
+    trained_run, tmp_path, command, extra
+):
+    """cli: compare ... --scheme uniform, sensitivity ... --loss mse: refused while computing
+    the first cell, after OUT/experiment.json (and the baseline cell) had been written."""
+    out = tmp_path / "out"
+    refused([command, trained_run, "--samples", "32", "--out", out, *extra])
+    assert not out.exists()

@@ -126,7 +126,11 @@ def load_recipe(recipe: str | os.PathLike | dict[str, Any]) -> Recipe:
         source = "<recipe>"
     else:
         path = resolve_recipe(recipe)
-        text, source = path.read_text(), str(path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise RecipeError(f"{source} is not a UTF-8 text file; a recipe is YAML text") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
