@@ -202,7 +202,8 @@ class Tally:
         else:
             self.failures += 1
             where = detail[detail.rfind(" [File ") :] if " [File " in detail else ""
-            signature = detail.split(":")[0][:80] + where
+            head = detail.split("error:", 1)[-1] if detail.startswith("refused but") else detail
+            signature = head.split(":")[0][:80] + where
             if len(self.examples) < 40 and all(e["signature"] != signature for e in self.examples):
                 self.examples.append({"signature": signature, "detail": detail, "input": what})
             if RECORD_DIR is None:

@@ -358,3 +358,13 @@ def test_experiment_refused_in_its_first_cell_leaves_no_folder(
     out = tmp_path / "out"
     refused([command, trained_run, "--samples", "32", "--out", out, *extra])
     assert not out.exists()
+
+
+def test_force_never_deletes_the_current_folder(trained_run, tmp_path, monkeypatch):
+    """cli: prune RUN --out . --force: the pruning store ran shutil.rmtree('.'), deleting
+    everything in the current folder before failing with OSError 'Invalid argument: .'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "precious.txt").write_text("keep me")
+    refused(["prune", trained_run, "--out", ".", "--samples", "32", "--force"], "current folder")
+    refused(["train", "--epochs", "0", "--out", str(tmp_path), "--force"], "current folder")
+    assert (tmp_path / "precious.txt").read_text() == "keep me"

@@ -62,6 +62,8 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
         raise RunDirError(f"{path} already exists; choose another --out or pass --force")
     if path.exists() and not path.is_dir():
         raise RunDirError(f"{path} is a file, not a folder; choose another --out")
+    if path.exists():
+        check_replaceable(path)
     _make_parent(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
@@ -78,6 +80,19 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse to replace (``--force``) a folder that holds the current folder: ``--out .
+    --force`` would otherwise delete everything in it."""
+    from .errors import RunDirError
+
+    target, cwd = Path(path).resolve(), Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise RunDirError(
+            f"--out {path} is (or holds) the current folder; --force would delete it; "
+            "choose a new folder such as --out runs/x"
+        )
 
 
 def _make_parent(path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .._io import _default, write_json
+from .._io import _default, check_replaceable, write_json
 from ..errors import RunDirError
 from ..runs import Run, load_run
 from ..utils import environment
@@ -98,6 +98,7 @@ class ExperimentDir:
                 f"(fields differ: {diff}); pass --force to start over or choose "
                 "another --out"
             )
+        check_replaceable(self.root)
         shutil.rmtree(self.root)
 
     def start(self, extra: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import runs, state
-from .._io import atomic_dir, write_json
+from .._io import atomic_dir, check_replaceable, write_json
 from ..config import Config
 from ..errors import RunDirError
 from ..pruning.masks import find_mask, set_mask
@@ -119,4 +119,5 @@ class RoundStore:
 
     def clear(self) -> None:
         if self.root.exists():
+            check_replaceable(self.root)
             shutil.rmtree(self.root)
