@@ -368,3 +368,54 @@ def test_force_never_deletes_the_current_folder(trained_run, tmp_path, monkeypat
     refused(["prune", trained_run, "--out", ".", "--samples", "32", "--force"], "current folder")
     refused(["train", "--epochs", "0", "--out", str(tmp_path), "--force"], "current folder")
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def _repacked(bsc, tmp_path, edit):
+    from brainsurgeon.container.format import pack, unpack
+
+    c = unpack(bsc.read_bytes())
+    header = json.loads(json.dumps({k: v for k, v in c.header.items() if k != "sections"}))
+    edit(header)
+    path = tmp_path / "t.bsc"
+    path.write_bytes(pack(header, dict(c.sections)))
+    return path
+
+
+def test_edited_display_fields_of_a_bsc_header_are_refused(bsc, tmp_path):
+    """files: a re-packed header with ``"nonzeros": ""`` in a tensor record: was int('')
+    ValueError while inspect built the byte table."""
+    path = _repacked(bsc, tmp_path, lambda h: h["tensors"][0].update(nonzeros=""))
+    refused(["inspect", path], "tensor records are damaged")
+
+
+def test_null_recorded_accuracy_is_shown_without_it(bsc, tmp_path):
+    """files: a re-packed header with ``"test_accuracy": null``: was 100 * None in inspect."""
+    path = _repacked(
+        bsc, tmp_path, lambda h: h.setdefault("metrics", {}).update(test_accuracy=None)
+    )
+    res = run_main(["inspect", str(path), "--quiet"])
+    assert res.code == 0 and res.error is None, (res.stderr, res.error)
+
+
+def test_entropy_decoder_panic_is_an_encoding_error(monkeypatch):
+    """files: an ans stream whose words made constriction's Rust code panic ("capacity
+    overflow"): pyo3's PanicException derives from BaseException and escaped every handler."""
+    pytest.importorskip("constriction", reason="the ans coder needs constriction")
+    import constriction
+
+    from brainsurgeon.encoding import entropy
+    from brainsurgeon.errors import EncodingError
+
+    class PanicException(BaseException):  # the shape of pyo3_runtime.PanicException
+        pass
+
+    symbols = np.array([0, 1, 2, 1, 0, 2, 2, 1] * 8, dtype=np.uint32)
+    data = entropy.encode(symbols, 3)
+    assert (entropy.decode(data, 3, len(symbols)) == symbols).all()
+
+    def panic(*args):
+        raise PanicException("capacity overflow")
+
+    monkeypatch.setattr(constriction.stream.stack, "AnsCoder", panic)
+    with pytest.raises(EncodingError, match="capacity overflow"):
+        entropy.decode(data, 3, len(symbols))
