@@ -21,11 +21,15 @@ from typing import Any
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success rename it over ``path``, else delete it."""
     path = Path(path)
+    if path.is_dir():
+        from .errors import RunDirError
+
+        raise RunDirError(f"{path} is a directory; give a file name (nothing was written)")
     if not _writer():
         with tempfile.TemporaryDirectory(prefix="brainsurgeon-rank-") as scratch:
             yield Path(scratch) / path.name
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -69,7 +73,11 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
         return
     if path.exists() and not force:
         raise RunDirError(f"{path} already exists; choose another --out or pass --force")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path} is a file, not a folder; choose another --out")
+    if path.exists():
+        check_replaceable(path)
+    _make_parent(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -92,6 +100,35 @@ def _writer() -> bool:
     from .distributed.group import is_main
 
     return is_main()
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse to replace (``--force``) a folder that holds the current folder: ``--out .
+    --force`` would otherwise delete everything in it."""
+    from .errors import RunDirError
+
+    target, cwd = Path(path).resolve(), Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise RunDirError(
+            f"--out {path} is (or holds) the current folder; --force would delete it; "
+            "choose a new folder such as --out runs/x"
+        )
+
+
+def _make_parent(path: Path) -> None:
+    """Create the folder ``path`` goes in; a one-line error if a file is in the way."""
+    from .errors import RunDirError
+
+    if not path.name or path.name in (".", ".."):
+        raise RunDirError(f"{str(path)!r} names no file or folder; give a name (e.g. --out runs/x)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise RunDirError(
+            f"cannot create {path.parent}: a file is in the way; choose another path"
+        ) from None
+    except PermissionError:
+        raise RunDirError(f"cannot create {path.parent}: permission denied") from None
 
 
 def _default(obj: Any) -> Any:

@@ -36,6 +36,14 @@ class EncodingError(BrainsurgeonError):
     """Encoded bytes are truncated or corrupt and cannot be decoded."""
 
 
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``str(err)`` (at most ``limit`` characters): foreign
+    exceptions (torch's C++ ones) carry stack frames that must not reach the one-line error."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[0] if lines else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def check_fraction(name: str, value: float, *, closed_high: bool = False) -> float:
     """Validate ``0 < value < 1`` (or ``<= 1`` with ``closed_high``) and return it as float."""
     value = float(value)

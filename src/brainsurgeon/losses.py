@@ -28,6 +28,12 @@ def _as_target(output: Tensor, target: Tensor) -> Tensor:
     """Regression targets of shape (n,) against outputs (n, 1) are the same thing."""
     if target.shape != output.shape and target.numel() == output.numel():
         target = target.reshape(output.shape)
+    if target.shape != output.shape:
+        raise ConfigError(
+            f"a regression loss (mse, l1) needs one target per output: the model gives "
+            f"{tuple(output.shape)}, the targets are {tuple(target.shape)}; for class labels "
+            "use the cross_entropy loss"
+        )
     return target.to(output.dtype)
 
 

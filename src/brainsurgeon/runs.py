@@ -32,12 +32,23 @@ from torch import nn
 
 from . import state
 from ._io import atomic_dir, write_json
-from .errors import BrainsurgeonError, RunDirError
+from .errors import BrainsurgeonError, RunDirError, first_line
 from .utils import environment
 
 FORMAT = "brainsurgeon-run"
 FORMAT_VERSION = 1
 MODEL_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.json"
+#: The type of each structural field of ``config.json`` (checked on read).
+FIELD_TYPES = {
+    "model": dict,
+    "data": dict,
+    "training": dict,
+    "history": list,
+    "edits": list,
+    "parametrizations": list,
+    "compression": dict,
+    "weights_sha256": str,
+}
 
 
 @dataclass
@@ -53,20 +64,77 @@ class Run:
         """Load the data this run was trained on, normalised with the recorded statistics."""
         from .data import load_data
 
-        spec = {**self.config.get("data", {}), **overrides}
+        spec = {**_recorded_data(self), **overrides}
         if not spec.get("name"):
             raise RunDirError(
                 f"{self.path} records no data set; pass one (e.g. --data digits, an .npz file or "
                 "an MNIST IDX folder), or export with config={'data': data.spec, "
                 "'normalization': data.normalization}"
             )
-        return load_data(spec.pop("name"), normalization=self.config.get("normalization"), **spec)
+        name = spec.pop("name")
+        norm = _recorded_normalization(self)
+        bundle = load_data(name, normalization=norm, **spec)
+        _check_fits(self, bundle, name)
+        return bundle
 
     def child_config(self, step: dict[str, Any]) -> dict[str, Any]:
         """A copy of this run's config with ``step`` appended to the history (for derived runs)."""
         cfg = copy.deepcopy(self.config)
         cfg.setdefault("history", []).append({**step, "parent": str(self.path)})
         return cfg
+
+
+def _recorded_data(run: Run) -> dict[str, Any]:
+    """The run's ``data`` record (``{"name", "seed", "val_size"}``), checked field by field."""
+    spec = run.config.get("data", {})
+    types = {"name": str, "seed": int, "val_size": int, "progress": bool}
+    bad = not isinstance(spec, dict) or any(
+        k not in types or (v is not None and type(v) is not types[k]) for k, v in spec.items()
+    )
+    if bad or (isinstance(spec.get("seed"), int) and not 0 <= spec["seed"] < 2**32):
+        raise RunDirError(
+            f"{run.path}: the recorded data {spec!r} is not {{'name': str, 'seed': int, "
+            "'val_size': int}}; the run is corrupt (or pass --data where the command has it)"
+        )
+    return spec
+
+
+def _recorded_normalization(run: Run) -> dict[str, float] | None:
+    """``{"mean", "std"}`` recorded at training (finite numbers, std > 0), or None."""
+    import math
+
+    norm = run.config.get("normalization")
+    if norm is None:
+        return None
+    ok = isinstance(norm, dict) and all(
+        isinstance(norm.get(k), int | float) and not isinstance(norm.get(k), bool)
+        and math.isfinite(norm[k]) for k in ("mean", "std")
+    )  # fmt: skip
+    if not ok or norm["std"] <= 0:
+        raise RunDirError(
+            f"{run.path}: the recorded normalization {norm!r} is not {{'mean': number, "
+            "'std': number > 0}}; the run is corrupt, re-create it"
+        )
+    return norm
+
+
+def _check_fits(run: Run, bundle, name: str) -> None:
+    """Refuse data whose samples or labels the run's model cannot take (one line)."""
+    from .errors import DataError
+
+    model = run.config.get("model") if isinstance(run.config.get("model"), dict) else {}
+    want = model.get("input_shape")
+    if want is not None and tuple(want) != tuple(bundle.input_shape):
+        raise DataError(
+            f"data {name!r} has samples of shape {tuple(bundle.input_shape)} but the model of "
+            f"{run.path} takes {tuple(want)}; pass data of the shape it was trained on"
+        )
+    classes = model.get("num_classes")
+    if isinstance(classes, int) and bundle.num_classes > max(classes, 2):
+        raise DataError(
+            f"data {name!r} has {bundle.num_classes} classes but the model of {run.path} "
+            f"predicts {classes}; pass data with labels 0..{classes - 1}"
+        )
 
 
 def save(
@@ -151,7 +219,16 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "model" not in cfg:
         raise RunDirError(f"{cfg_path} is not a brainsurgeon run config")
-    if cfg.get("format_version", 0) > FORMAT_VERSION:
+    for key, kind in FIELD_TYPES.items():
+        if key in cfg and not isinstance(cfg[key], kind):
+            raise RunDirError(
+                f"{cfg_path}: field {key!r} holds {type(cfg[key]).__name__}, expected "
+                f"{kind.__name__}; the run is corrupt or was edited by hand"
+            )
+    version = cfg.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise RunDirError(f"{cfg_path}: format_version is {version!r}, not an integer")
+    if version > FORMAT_VERSION:
         raise RunDirError(
             f"{path} was written by a newer brainsurgeon (format "
             f"{cfg['format_version']}); upgrade brainsurgeon"
@@ -193,7 +270,10 @@ def _load_file(path: Path) -> Run:
 
     loaded = read(path)
     header = loaded.header
-    cfg = {**header.get("run", {}), "model": header["model"], "edits": header.get("edits", [])}
+    recorded = header.get("run", {})
+    if not isinstance(recorded, dict) or not isinstance(header.get("metrics", {}), dict):
+        raise RunDirError(f"{path}: the header's run or metrics record is not a mapping; re-export")
+    cfg = {**recorded, "model": header["model"], "edits": header.get("edits", [])}
     cfg.update(format="brainsurgeon-compressed", baked=True, file_bytes=loaded.file_bytes)
     return Run(path=path, model=loaded.model, config=cfg, metrics=dict(header.get("metrics", {})))
 
@@ -223,7 +303,7 @@ def _load_dir(path: Path) -> Run:
     except BrainsurgeonError:
         raise
     except Exception as err:  # a spec that no longer builds: say so plainly
-        raise RunDirError(f"cannot rebuild the model of {path}: {err}") from None
+        raise RunDirError(f"cannot rebuild the model of {path}: {first_line(err)}") from None
     state.set_spec(model, cfg["model"])
     for rec in cfg.get("edits", []):
         model.__dict__.setdefault(state.EDITS_ATTR, []).append(rec)
@@ -235,9 +315,20 @@ def _load_dir(path: Path) -> Run:
             f"{weights} does not match the model in {CONFIG_FILE} ({first}); "
             "the run is corrupt or was edited by hand"
         ) from None
-    metrics_path = path / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    return Run(path=path, model=model, config=cfg, metrics=metrics)
+    return Run(path=path, model=model, config=cfg, metrics=_read_metrics(path / METRICS_FILE))
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    """``metrics.json`` (absent: no metrics); a file that is not a JSON object is refused."""
+    if not path.exists():
+        return {}
+    try:
+        metrics = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunDirError(f"{path} is not valid JSON ({err}); the run is corrupt") from None
+    if not isinstance(metrics, dict):
+        raise RunDirError(f"{path} holds {type(metrics).__name__}, not a JSON object of metrics")
+    return metrics
 
 
 def load(

@@ -39,7 +39,18 @@ def add_common(parser: argparse.ArgumentParser, *, device: bool = True, seed: bo
             help="where to compute (default: auto = cuda if available)",
         )
     if seed:
-        parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+        parser.add_argument("--seed", type=seed_type, default=0, help="random seed (default: 0)")
+
+
+def seed_type(text: str) -> int:
+    """``--seed``: an integer in [0, 2**32) (numpy's range), else a one-line argparse error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"a seed lies in [0, 2**32), got {value}")
+    return value
 
 
 def emit(args: argparse.Namespace, payload: dict[str, Any], text: str | None = None) -> None:

@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def free_path(path: Path, force: bool) -> Path:
+    if path.name in ("", ".", ".."):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--out must name a folder, got {str(path)!r}; e.g. --out runs/demo")
     if force or not path.exists():
         return path
     k = 1

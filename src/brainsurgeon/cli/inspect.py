@@ -134,7 +134,7 @@ def _layer_row(r: dict[str, Any], in_file: dict[str, Any] | None) -> list[Any]:
 def _footer(payload: dict[str, Any]) -> list[str]:
     """Recorded accuracy, latency and energy lines (those the payload has)."""
     lines: list[str] = []
-    if "test_accuracy" in payload:
+    if isinstance(payload.get("test_accuracy"), int | float):
         lines.append(f"test accuracy (recorded): {100 * payload['test_accuracy']:.2f}%")
     if "latency" in payload:
         lat = payload["latency"]

@@ -51,8 +51,17 @@ Every command accepts --json (one JSON document on stdout). Errors exit with cod
 Set BRAINSURGEON_DEBUG=1 to see tracebacks."""
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line (``PROG: error: ... (see PROG --help)``)
+    and exit code 2, like every other refusal; subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="brainsurgeon",
         description="Make trained PyTorch networks smaller and faster without losing accuracy.",
         epilog=EPILOG,
@@ -83,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrainsurgeonError as err:
         if os.environ.get("BRAINSURGEON_DEBUG"):
             raise
-        print(f"brainsurgeon {args.command}: error: {_where()}{err}", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, whatever the message holds
+        print(f"brainsurgeon {args.command}: error: {_where()}{message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

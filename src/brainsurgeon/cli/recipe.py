@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_command, add_common, emit, say, table
+from .common import add_command, add_common, emit, say, seed_type, table
 
 EPILOG = """\
 a recipe:
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--check", action="store_true", help="validate the recipe and stop")
     add_common(p, seed=False)
-    p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
+    p.add_argument("--seed", type=seed_type, default=None, help="override the recipe's seed")
     p.set_defaults(func=run)
 
 

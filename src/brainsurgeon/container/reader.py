@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from .. import state
-from ..errors import BrainsurgeonError
+from ..errors import BrainsurgeonError, first_line
 from .format import MAGIC, CompressedFileError, Container, is_container, section, unpack
 from .table import ByteTable, byte_table
 from .tensors import decode_tensor
@@ -52,20 +52,38 @@ def read(path: str | os.PathLike) -> Loaded:
     if header.get("format") != FORMAT or not isinstance(header.get("tensors"), list):
         raise CompressedFileError(f"{path}: the header is not a brainsurgeon model header")
     model = _rebuild(header, path)
+    expected = model.state_dict()
     tensors = {}
     for record in header["tensors"]:
         name = record.get("name", "?") if isinstance(record, dict) else "?"
+        _check_record(record, name, expected, path)  # before decoding: no huge allocations
         try:
             tensors[name] = decode_tensor(record, _Sections(container, str(path)))
         except BrainsurgeonError as err:
             raise CompressedFileError(f"{path}: tensor {name!r} cannot be decoded: {err}") from None
-        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
+        except Exception as err:  # any inconsistency of a damaged or edited header
             raise CompressedFileError(
                 f"{path}: tensor {name!r} does not match its sections ({type(err).__name__}: "
-                f"{err}); re-export the file"
+                f"{first_line(err, 200)}); re-export the file"
             ) from None
     _load_weights(model, tensors, path)
     return Loaded(model.eval(), header, container, len(data), path)
+
+
+def _check_record(record: Any, name: Any, expected: dict, path: Path) -> None:
+    """A tensor record must name a tensor of the model, with the model's shape."""
+    if not isinstance(record, dict) or not isinstance(name, str) or name not in expected:
+        raise CompressedFileError(
+            f"{path}: the header lists a tensor {name!r} that the model does not have; "
+            "the file is damaged or was edited"
+        )
+    shape = record.get("shape")
+    want = list(expected[name].shape)
+    if not isinstance(shape, list) or shape != want:
+        raise CompressedFileError(
+            f"{path}: tensor {name!r} has shape {shape!r} in the header but the model's is "
+            f"{want}; the file is damaged or was edited"
+        )
 
 
 class _Sections(dict):
@@ -88,7 +106,7 @@ def _rebuild(header: dict[str, Any], path: Path) -> nn.Module:
     except BrainsurgeonError as err:
         raise CompressedFileError(f"{path}: cannot rebuild the model: {err}") from None
     except Exception as err:  # a spec that does not build is a damaged or foreign header
-        raise CompressedFileError(f"{path}: cannot rebuild the model ({err})") from None
+        raise CompressedFileError(f"{path}: cannot rebuild the model ({first_line(err)})") from None
     state.set_spec(model, header["model"])
     for rec in header.get("edits", []):
         model.__dict__.setdefault(state.EDITS_ATTR, []).append(rec)

@@ -62,8 +62,16 @@ class ByteTable:
 def byte_table(container: Container, file_bytes: int, path: Path | None = None) -> ByteTable:
     """The table of a parsed file."""
     lengths = {name: len(data) for name, data in container.sections.items()}
-    rows = [_row(rec, lengths) for rec in container.header["tensors"]]
-    fp32 = 4 * int(container.header.get("parameters", sum(r["params"] for r in rows)))
+    try:
+        rows = [_row(rec, lengths) for rec in container.header["tensors"]]
+        fp32 = 4 * int(container.header.get("parameters", sum(r["params"] for r in rows)))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # an edited header
+        from .format import CompressedFileError
+
+        raise CompressedFileError(
+            f"{path or 'the file'}: the header's tensor records are damaged "
+            f"({type(err).__name__}: {err}); re-export the file"
+        ) from None
     return ByteTable(path, file_bytes, fp32, rows, container.header_bytes)
 
 

@@ -96,7 +96,7 @@ def load_data(
     if regression:  # the model's outputs: one per target column
         num_classes = 1 if arrays["y_train"].ndim == 1 else int(arrays["y_train"].shape[1])
     else:
-        num_classes = max(int(max(arrays[f"y_{s}"].max() for s in ("train", "val", "test")) + 1), 2)
+        num_classes = max(max(int(arrays[f"y_{s}"].max()) for s in ("train", "val", "test")) + 1, 2)
     return DataBundle(
         name=spec["name"],
         train=ds("train"),
@@ -222,7 +222,7 @@ def _check_targets(y: np.ndarray, what: str, *, regression: bool) -> None:
             f"{what} has shape {y.shape} and dtype {y.dtype}; expected a 1-D integer label "
             "vector (or float targets in every split, for regression)"
         )
-    if y.min() < 0:
+    if y.size and y.min() < 0:
         raise DataError(f"{what} has negative label {y.min()}; labels must be 0..K-1")
 
 

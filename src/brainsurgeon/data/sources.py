@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +164,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:
             raise DataError(f"{path} is a corrupt gzip file ({err})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
@@ -207,7 +208,7 @@ def npz_arrays(path: Path) -> Arrays:
     try:
         with np.load(path, allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+    except Exception as err:  # any damage of foreign bytes (zip, zlib, npy header) is a refusal
         raise DataError(
             f"cannot read {path} as .npz ({err}); expected an uncompressed or "
             "compressed numpy archive without pickled objects"

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BrainsurgeonError, ConfigError, EncodingError
+from ..errors import BrainsurgeonError, ConfigError, EncodingError, first_line
 from .tables import pack_table, unpack_table
 
 _INSTALL = "the 'ans' entropy coder needs the constriction package: pip install constriction"
@@ -108,8 +108,11 @@ def decode(data: bytes, alphabet: int, count: int) -> np.ndarray:
     try:
         coder = constriction.stream.stack.AnsCoder(words)
         ranks = coder.decode(model, int(count))
-    except Exception as err:  # constriction reports bad data with its own exception types
-        raise EncodingError(f"ans payload cannot be decoded: {err}") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as err:  # constriction's own errors, and its Rust panics (pyo3's
+        # PanicException derives from BaseException), e.g. "capacity overflow" on bad words
+        raise EncodingError(f"ans payload cannot be decoded: {first_line(err)}") from None
     if not coder.is_empty():
         raise EncodingError("ans payload is corrupt: data left over after decoding every symbol")
     return used[ranks].astype(np.uint32)

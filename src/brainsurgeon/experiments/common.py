@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .._io import _default, write_json
+from .._io import _default, check_replaceable, write_json
 from ..errors import RunDirError
 from ..runs import Run, load_run
 from ..utils import environment
@@ -69,6 +69,8 @@ class ExperimentDir:
         self.config = config
         self.id = fingerprint({"kind": kind, **config})
         self._check(force)
+        self._created = not self.root.exists()  # a refusal before any real work removes it
+        self._computed = 0
 
     def _check(self, force: bool) -> None:
         meta_path = self.root / EXPERIMENT_FILE
@@ -96,6 +98,7 @@ class ExperimentDir:
                 f"(fields differ: {diff}); pass --force to start over or choose "
                 "another --out"
             )
+        check_replaceable(self.root)
         shutil.rmtree(self.root)
 
     def start(self, extra: dict[str, Any]) -> None:
@@ -129,13 +132,27 @@ class ExperimentDir:
         for i, key in enumerate(keys, 1):
             cell = self.get(key)
             if cell is None:
-                cell = self.put(key, compute(key))
+                cell = self.put(key, self._compute(key, compute))
                 if log:
                     log(f"[{i}/{len(keys)}] {key}: {_brief(cell)}")
             elif log:
                 log(f"[{i}/{len(keys)}] {key}: done earlier, kept")
             out[key] = cell
         return out
+
+    def _compute(self, key: str, compute: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+        """``compute(key)``; a refusal (bad option or data) in the first cell after the cheap
+        baseline of a folder this run created removes the folder: nothing half-written."""
+        from ..errors import BrainsurgeonError
+
+        try:
+            record = compute(key)
+        except BrainsurgeonError:
+            if self._created and self._computed <= 1 and self.root.exists():
+                shutil.rmtree(self.root)
+            raise
+        self._computed += 1
+        return record
 
 
 def _brief(cell: dict[str, Any]) -> str:

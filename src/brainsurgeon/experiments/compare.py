@@ -138,6 +138,10 @@ def compare(
         "finetune_epochs": config.finetune_epochs,
         "finetune_lr": config.finetune_lr,
     }
+    if config.criteria:  # a pattern that matches nothing: refused before OUT is written
+        from ..models.adapters.tensors import compressible
+
+        compressible(base.model, layers=config.layers, exclude=config.exclude)
     out.start({"run": str(base.path), "budget": budget})
     shape = tuple(base.config["model"]["input_shape"])
     todo = cell_plan(config)

@@ -65,6 +65,8 @@ class StudyConfig(Config):
         for name in ("rounds", "samples", "sampled_weights", "scatter_weights"):
             check_positive_int(name, getattr(self, name))
         check_positive_int("finetune_epochs", self.finetune_epochs, allow_zero=True)
+        if not self.finetune_lr > 0 or self.finetune_lr == float("inf"):
+            raise ConfigError(f"finetune_lr must be > 0, got {self.finetune_lr}; e.g. 0.005")
 
 
 def study_obd_sd(

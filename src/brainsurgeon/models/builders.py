@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..registry import Registry
 
 MODELS: Registry = Registry("model")
@@ -186,12 +186,19 @@ def _build(name: str, input_shape, num_classes, kwargs) -> nn.Module:
     if name == "hf" and name not in MODELS:
         from . import hf  # noqa: F401  (registers the Hugging Face builder; needs transformers)
     if name.startswith("mlp:"):
-        return MLP(**{**parse_mlp(name, input_shape, num_classes), **kwargs})
+        try:
+            return MLP(**{**parse_mlp(name, input_shape, num_classes), **kwargs})
+        except TypeError as err:
+            raise ConfigError(
+                f"bad options {kwargs} for model {name!r}: {first_line(err)}"
+            ) from None
     if name in MODELS:
         try:
             return MODELS.get(name)(input_shape, num_classes, **kwargs)
         except TypeError as err:
-            raise ConfigError(f"bad options {kwargs} for model {name!r}: {err}") from None
+            raise ConfigError(
+                f"bad options {kwargs} for model {name!r}: {first_line(err)}"
+            ) from None
     if re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", name):
         return _user_model(name, input_shape, num_classes, dict(kwargs))
     raise ConfigError(
@@ -216,7 +223,7 @@ def _user_model(name: str, input_shape, num_classes, kwargs) -> nn.Module:
     try:
         model = factory(**kwargs)
     except TypeError as err:
-        raise ConfigError(f"{name}(**{json.dumps(kwargs)}) failed: {err}") from None
+        raise ConfigError(f"{name}(**{json.dumps(kwargs)}) failed: {first_line(err)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{name} returned {type(model).__name__}, expected a torch.nn.Module")
     return model

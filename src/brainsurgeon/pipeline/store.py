@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import distributed as parallel
 from .. import runs, state
-from .._io import atomic_dir, write_json
+from .._io import atomic_dir, check_replaceable, write_json
 from ..config import Config
 from ..errors import RunDirError
 from ..pruning.masks import find_mask, set_mask
@@ -121,4 +121,5 @@ class RoundStore:
     def clear(self) -> None:
         """Delete the run directory (rank 0 only under ``torch.distributed``)."""
         if self.root.exists() and parallel.is_main():
+            check_replaceable(self.root)
             shutil.rmtree(self.root)

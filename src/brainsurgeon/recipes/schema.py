@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import BrainsurgeonError, ConfigError
+from ..errors import BrainsurgeonError, ConfigError, first_line
 from .steps import STEPS, StepOptions
 
 STEP_KINDS = STEPS  # the registry: names, descriptions, ``in``
@@ -126,22 +126,35 @@ def load_recipe(recipe: str | os.PathLike | dict[str, Any]) -> Recipe:
         source = "<recipe>"
     else:
         path = resolve_recipe(recipe)
-        text, source = path.read_text(), str(path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise RecipeError(f"{source} is not a UTF-8 text file; a recipe is YAML text") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
+        lines = _lines(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise RecipeError(f"{source}{where}: not valid YAML: {problem}") from None
+    except RecursionError:
         raise RecipeError(
-            f"{source}{where}: not valid YAML: {getattr(err, 'problem', err)}"
+            f"{source}: nested too deeply to read (lists or mappings inside each other); "
+            "a recipe is a flat mapping with a list of steps"
+        ) from None
+    except Exception as err:  # the YAML reader's own slips on odd input (e.g. a bare '!!int')
+        raise RecipeError(
+            f"{source}: not valid YAML ({type(err).__name__}: {first_line(err)})"
         ) from None
     if not isinstance(data, dict):
         raise RecipeError(
             f"{source}: a recipe is a mapping of fields (name, data, model, "
             f"steps, ...), got {type(data).__name__}"
         )
-    r = Recipe(data=data, text=text, source=source, lines=_lines(node))
+    r = Recipe(data=data, text=text, source=source, lines=lines)
     validate(r)
     return r
 

@@ -172,8 +172,10 @@ def shrink_model(model: nn.Module, example=None, *, tol: float = 0.0) -> ShrinkR
 def structured_widths(history: list) -> dict[str, list[int]]:
     """``{layer: [units at first, units now]}`` from the shrink / merge steps of a history."""
     widths: dict[str, list[int]] = {}
-    for step in history:
+    for step in history if isinstance(history, list) else []:
         units = step.get("units") if isinstance(step, dict) else None
-        for name, (kept, before) in (units or {}).items():
-            widths[name] = [widths.get(name, [before])[0], kept]
+        for name, pair in (units if isinstance(units, dict) else {}).items():
+            if isinstance(pair, list) and len(pair) == 2:  # else: a damaged record, skipped
+                kept, before = pair
+                widths[name] = [widths.get(name, [before])[0], kept]
     return widths

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ...errors import ConfigError
+from ...errors import ConfigError, RunDirError
 from ...state import register_parametrization
 from ..base import FLOAT_BITS, QuantParametrization
 from ..cluster import layer_seed, lloyd, scalar_init
@@ -77,7 +77,16 @@ class KMeansQuant(QuantParametrization):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.coded = int((self.indices < self.codebook.numel()).sum())
+        k = self.codebook.numel()
+        if (
+            self.indices.numel()
+            and not 0 <= int(self.indices.min()) <= int(self.indices.max()) <= k
+        ):
+            raise RunDirError(
+                f"{prefix}indices hold values outside 0..{k} (the codebook has {k} entries and "
+                "one zero slot); the weights are damaged, re-create the run"
+            )
+        self.coded = int((self.indices < k).sum())
 
     def index_bits(self) -> int:
         return self.coded * self.bits
