@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success rename it over ``path``, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -28,6 +30,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def sweep_stale(path: Path) -> None:
+    """Remove the temp entries (``.NAME.*.tmp``) that a killed writer of ``path`` left.
+
+    A process killed with SIGKILL runs no cleanup; its half-written temp file or folder
+    stays beside ``path`` until the next write of the same ``path`` removes it here.
+    """
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -57,6 +72,7 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
     if path.exists() and not force:
         raise RunDirError(f"{path} already exists; choose another --out or pass --force")
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

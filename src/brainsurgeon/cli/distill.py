@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..errors import RunDirError
 from .common import add_common, emit, say, table
+from .runs_common import add_resume
 
 EPILOG = """\
 examples:
@@ -85,6 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     p.add_argument("--out", required=True, help="new run directory for the student")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_resume(p)
     add_common(p)
     p.set_defaults(func=run)
 
@@ -110,8 +110,6 @@ def _config(args: argparse.Namespace):
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    if Path(args.out).exists() and not args.force:
-        raise RunDirError(f"{args.out} already exists; choose another --out or pass --force")
     return config
 
 
@@ -122,11 +120,17 @@ def run(args: argparse.Namespace) -> int:
     from ..models import build_model
     from ..runs import load_run, save
     from ..training import describe, evaluate
+    from ..training.checkpoint import epoch_checkpoints
     from ..training.evaluation import recorded_loss
     from ..utils import resolve_device, seed_everything
+    from .runs_common import resumable_out
 
     resolve_loss(args.task_loss)
     config = _config(args)
+    checkpoints = resumable_out(args)
+    if checkpoints is None:
+        say(args, f"{args.out} is finished already; nothing to resume")
+        return 0
     device = resolve_device(args.device)
     teacher_run = load_run(args.teacher, device=device)
     data = teacher_run.data(progress=not args.quiet)
@@ -135,9 +139,16 @@ def run(args: argparse.Namespace) -> int:
     task = args.task_loss or recorded_loss(
         teacher_run.config
     )  # the teacher's task loss (None: from the labels)
-    result = distill(
-        teacher_run.model, student, config, data, device=device, progress=not args.quiet, loss=task
-    )
+    with epoch_checkpoints(*checkpoints):
+        result = distill(
+            teacher_run.model,
+            student,
+            config,
+            data,
+            device=device,
+            progress=not args.quiet,
+            loss=task,
+        )
     teacher_ev = evaluate(teacher_run.model, data, loss=task)
     student_ev = evaluate(student, data, loss=task)
     say(args, f"student test {describe(student_ev)} (teacher {describe(teacher_ev)})")
@@ -149,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         "history": result.history,
         "hint_history": result.hint_history,
     }
-    out = save(student, args.out, config=cfg, metrics=metrics, force=args.force)
+    out = save(student, args.out, config=cfg, metrics=metrics, force=True)
     emit(args, {"out": str(out), **record}, _text(record, out))
     return 0
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any
 
 from .common import add_common, emit, parse_kv_list, say, table
 from .options import add_loss_option
+from .runs_common import add_resume
 
 if typing.TYPE_CHECKING:
     from ..quantization import QuantBase
@@ -125,6 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         _add_option(p, name, spec, len(QUANTIZERS))
     p.add_argument("--out", required=True, help="new run directory")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_resume(p)
     add_loss_option(p)
     add_common(p)
     p.set_defaults(func=run)
@@ -167,13 +170,18 @@ def run(args: argparse.Namespace) -> int:
     from ..losses import resolve_loss
     from ..quantization import plan, quantize
     from ..training import evaluate
+    from ..training.checkpoint import epoch_checkpoints
     from ..training.evaluation import recorded_loss
     from ..utils import seed_everything
-    from .runs_common import check_out, epoch_printer, open_run
+    from .runs_common import epoch_printer, open_run, resumable_out
 
     resolve_loss(args.loss)
     config = config_from_args(args)
-    out = check_out(args.out, args.force)
+    out = Path(args.out)
+    checkpoints = resumable_out(args)
+    if checkpoints is None:
+        say(args, f"{out} is finished already; nothing to resume")
+        return 0
     parent = open_run(args)
     plan(parent.model, config)  # every check, before any work
     data = parent.data(progress=not args.quiet)
@@ -181,15 +189,16 @@ def run(args: argparse.Namespace) -> int:
     before = evaluate(parent.model, data, loss=loss)
     seed_everything(args.seed)
     say(args, f"quantizing {parent.path} with {config.METHOD}")
-    result = quantize(
-        parent.model,
-        config,
-        data,
-        device=args.device,
-        loss=loss,
-        progress=not args.quiet,
-        callback=epoch_printer(args, config.finetune_epochs),
-    )
+    with epoch_checkpoints(*checkpoints):
+        result = quantize(
+            parent.model,
+            config,
+            data,
+            device=args.device,
+            loss=loss,
+            progress=not args.quiet,
+            callback=epoch_printer(args, config.finetune_epochs),
+        )
     after = evaluate(parent.model, data, loss=loss)
     summary = result.summary()
     cfg = parent.child_config(
@@ -211,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         "storage": result.storage,
         "history": result.history,
     }
-    runs.save(parent.model.cpu(), out, config=cfg, metrics=metrics, force=args.force)
+    runs.save(parent.model.cpu(), out, config=cfg, metrics=metrics, force=True)
     from ..container import encode
 
     _, file = encode(parent.model, config=cfg, metrics=metrics)

@@ -59,6 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default=None, help="output folder (default: runs/RECIPE-NAME)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted --out after its last finished step (same recipe)",
+    )
     p.add_argument("--check", action="store_true", help="validate the recipe and stop")
     add_common(p, seed=False)
     p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
@@ -89,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         seed=args.seed,
         log=lambda m: say(args, m),
+        resume=args.resume,
     )
     text = "\n".join(
         [
