@@ -152,38 +152,64 @@ def kill_and_resume(
     fork: bool = True,
     timeout: float = 600,
     log_dir: Path | None = None,
+    result: Outcome | None = None,
 ) -> Outcome:
-    """Start ``argv`` (its ``--out`` is ``out``), SIGKILL it ``kill_after[i]`` seconds after
-    the i-th start, resume with ``--resume`` each time, and finally run it to the end."""
+    """Start ``argv`` (its ``--out`` is ``out``), SIGKILL attempt ``i`` ``kill_after[i]``
+    seconds after it starts, resume with ``--resume`` after each kill; once the moments are
+    used up (or an attempt finishes first) run it to the end. Adds to ``result``."""
     log_dir = log_dir or out.parent
-    result = Outcome()
+    result = result or Outcome()
     done: dict[str, int] = {}
-    for i, delay in enumerate([*kill_after, None]):
+    finished = False
+    for i, delay in enumerate(kill_after):
         args = argv if i == 0 else [*argv, "--resume"]
         result.resumes += i > 0
-        before = units(out)
-        lost = sorted(k for k in done if k not in before and not _superseded(k, before))
-        result.lost += lost
+        _check_kept(out, units, done, result)
         log = log_dir / f"attempt-{i:03d}.log"
         child = Child(args, log, fork)
-        stop_at = None if delay is None else time.monotonic() + delay
-        result.redone += sorted(_watch(child, out, units, done, stop_at))
+        result.redone += sorted(_watch(child, out, units, done, time.monotonic() + delay))
         rc = child.wait(timeout)
-        if delay is None or rc not in (-signal.SIGKILL, 128 + signal.SIGKILL):
+        if rc not in (-signal.SIGKILL, 128 + signal.SIGKILL):
             if rc != 0:
                 raise AssertionError(f"attempt {i} exited {rc}: {log.read_text()[-2000:]}")
-            if delay is not None:
-                result.finished_early += 1
-                break
-            continue
+            result.finished_early += 1
+            finished = True
+            break
         result.kills += 1
         done = {k: inode for k, inode in units(out).items() if inode != -1}  # finished ones
         result.units_seen += len(done)
-    if child.poll() != 0:  # the loop ended on a kill or an early finish: run to the end
+    if not finished:
         result.resumes += 1
-        assert Child([*argv, "--resume"], log_dir / "final.log", fork).wait(timeout) == 0
-    result.leftovers = leftovers(out)
+        _check_kept(out, units, done, result)
+        child = Child([*argv, "--resume"], log_dir / "final.log", fork)
+        result.redone += sorted(_watch(child, out, units, done, None))
+        if child.wait(timeout) != 0:
+            raise AssertionError((log_dir / "final.log").read_text()[-2000:])
+    result.leftovers += leftovers(out)
     return result
+
+
+def kill_scenarios(
+    argv: list[str], root: Path, units: Units, seconds: float, kills: int, seed: int, **kw
+) -> tuple[Outcome, list[Path]]:
+    """Fresh runs under ``root/NN/out``, each killed at moments uniform in ``[0, seconds]``
+    and resumed until it finishes, until ``kills`` kills happened; the finished folders."""
+    rng = random.Random(seed)
+    result, outs = Outcome(), []
+    while result.kills < kills:
+        folder = root / f"{len(outs):02d}"
+        folder.mkdir(parents=True)
+        out = folder / "out"
+        moments = [rng.uniform(0.0, seconds) for _ in range(kills - result.kills)]
+        kill_and_resume([*argv, "--out", str(out)], out, units, moments, result=result, **kw)
+        outs.append(out)
+    return result, outs
+
+
+def _check_kept(out: Path, units: Units, done: dict[str, int], result: Outcome) -> None:
+    """Every unit finished before the last kill is still on disk (or superseded)."""
+    before = units(out)
+    result.lost += sorted(k for k in done if k not in before and not _superseded(k, before))
 
 
 def _superseded(unit: str, now: dict[str, int]) -> bool:

@@ -45,6 +45,23 @@ def sweep_stale(path: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def recover(path: str | os.PathLike) -> None:
+    """Clean up after a writer of ``path`` killed inside :func:`atomic_dir`.
+
+    A kill between moving the old ``path`` aside (``.NAME.old``) and moving the new one in
+    leaves no ``path``: the old one is put back. A kill after the new one is in place leaves
+    ``.NAME.old`` beside it: it is removed. Stale temp entries go too (:func:`sweep_stale`).
+    """
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if old.exists():
+        if not path.exists():
+            os.replace(old, path)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    sweep_stale(path)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -69,10 +86,11 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
     from .errors import RunDirError
 
     path = Path(path)
+    if path.parent.is_dir():
+        recover(path)
     if path.exists() and not force:
         raise RunDirError(f"{path} already exists; choose another --out or pass --force")
     path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

@@ -59,9 +59,12 @@ def resumable_out(args: argparse.Namespace) -> tuple[Path, dict[str, Any]] | Non
     import json
     import shutil
 
+    from .._io import recover
     from ..runs import CONFIG_FILE
 
     out, resume, force = Path(args.out), args.resume, args.force
+    if out.parent.is_dir():
+        recover(out)  # a run killed while writing its final folder
     root = out / CHECKPOINTS_DIR
     options = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_OPTIONS}
     options = json.loads(json.dumps(options, default=str))

@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from .. import runs
-from .._io import atomic_dir, write_json, write_text
+from .._io import atomic_dir, recover, write_json, write_text
 from ..errors import BrainsurgeonError, RunDirError
 from ..training.checkpoint import epoch_checkpoints
 from ..utils import environment, resolve_device, seed_everything
@@ -66,6 +66,8 @@ def run_recipe(
         r.data["seed"] = int(seed)
         r.text = f"# {r.source} with seed {seed}\n" + yaml.safe_dump(r.data, sort_keys=False)
     out = Path(out_dir)
+    if out.parent.is_dir():
+        recover(out)  # a run killed while writing its final folder
     store = StepStore(out, r.text)
     if resume and (out / "result.json").exists():
         return json.loads((out / "result.json").read_text())

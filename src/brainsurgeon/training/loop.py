@@ -25,7 +25,7 @@ from ..errors import ConfigError, NumericalError, UnsupportedLayerError
 from ..losses import LossLike, resolve_loss
 from ..models.adapters import Targets, compressible, layout_of
 from ..state import original
-from ..utils import module_device, resolve_device
+from ..utils import module_device, numerical_step, resolve_device
 from .checkpoint import EpochCheckpoint, fit_key, next_checkpoint
 from .config import TrainConfig
 from .evaluation import evaluate, score, task_loss
@@ -306,10 +306,11 @@ def _epoch(model, dataset, step, config, progress, desc):
         if config.shift or config.noise:
             x = augment(x, noise=config.noise, shift=config.shift, generator=gen)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model, x, y)
+        where = f"{desc}, batch {index}/{n_batches}"
+        with numerical_step(where, "lower the learning rate (--lr)"):
+            loss = loss_fn(model, x, y)
         for pen in penalties:
             loss = loss + pen(model)
-        where = f"{desc}, batch {index}/{n_batches}"
         if not torch.isfinite(loss):
             bar.close()
             raise NumericalError(

@@ -30,11 +30,13 @@ from ...data.core import DataLike, Dataset, as_dataset
 from ...errors import ConfigError, UnsupportedLayerError, check_positive_int
 from ...models.adapters import layer_kind, layout_of
 from ...state import original
-from ...utils import preserved_modes
+from ...utils import numerical_step, preserved_modes
 from ..base import as_matrix
 from ..config import GridOptions, one_of
 from ..registry import LayerPlan, Quantizer, attach, register_quantizer
 from .uniform import UniformQuant, fake_quantize, fit_grid
+
+GPTQ_FIX = "raise --damp (e.g. 0.1) or give more --samples"
 
 UNHOOKED = ("error", "rtn")
 
@@ -181,8 +183,9 @@ class GPTQ(Quantizer):
                 scale, zero = fit_grid(layer, config, layer.bits)
                 attach(layer, UniformQuant(scale, zero, layer.bits, config.symmetric, layer.coded))
             else:
-                H = input_hessian(model, layer, calib, device)
-                self.solve_layer(layer, H, config, solve)
+                with numerical_step(f"the GPTQ solve of {layer.name}", GPTQ_FIX):
+                    H = input_hessian(model, layer, calib, device)
+                    self.solve_layer(layer, H, config, solve)
         names = [layer.name for layer in layers if id(layer) in rtn_ids]
         if names:
             warnings.warn(
