@@ -142,3 +142,21 @@ def check_finite(name: str, tensor: torch.Tensor, step: str, fix: str) -> None:
         raise NumericalError(
             f"{step} gave {name} {bad} NaN or infinite value(s); {fix}. Nothing was changed"
         )
+
+
+NONDETERMINISTIC_CUDA = (
+    "CUDA kernels that add with atomics (index_add_ in k-means' Lloyd step, the backward of "
+    "scatter / index / embedding ops, cuDNN convolution backward) sum floats in a varying "
+    "order, so two runs with one seed can differ in the last bits; for bit-identical GPU runs "
+    "call torch.use_deterministic_algorithms(True) and set CUBLAS_WORKSPACE_CONFIG=:4096:8"
+)
+
+
+def determinism(device: str | torch.device | None) -> dict[str, Any]:
+    """``{}`` on CPU (runs are bit-identical for a seed); on CUDA ``{"determinism":
+    {"deterministic": bool, "reason": ...}}`` for a run's ``config.json``."""
+    if resolve_device(device or "auto").type != "cuda":
+        return {}
+    if torch.are_deterministic_algorithms_enabled():
+        return {"determinism": {"deterministic": True, "reason": "deterministic algorithms on"}}
+    return {"determinism": {"deterministic": False, "reason": NONDETERMINISTIC_CUDA}}

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training import describe, evaluate
     from ..training.checkpoint import epoch_checkpoints
     from ..training.evaluation import recorded_loss
-    from ..utils import resolve_device, seed_everything
+    from ..utils import determinism, resolve_device, seed_everything
     from .runs_common import resumable_out
 
     resolve_loss(args.task_loss)
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     student_ev = evaluate(student, data, loss=task)
     say(args, f"student test {describe(student_ev)} (teacher {describe(teacher_ev)})")
     record = _record(args, config, teacher_run, student, result, (teacher_ev, student_ev))
-    cfg = _child_config(args, config, teacher_run, record, task)
+    cfg = {**_child_config(args, config, teacher_run, record, task), **determinism(device)}
     metrics = {
         "test": student_ev,
         "teacher_test": teacher_ev,

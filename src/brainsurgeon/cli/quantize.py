@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training import evaluate
     from ..training.checkpoint import epoch_checkpoints
     from ..training.evaluation import recorded_loss
-    from ..utils import seed_everything
+    from ..utils import determinism, seed_everything
     from .runs_common import epoch_printer, open_run, resumable_out
 
     resolve_loss(args.loss)
@@ -212,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.setdefault("compression", {})["quantization"] = summary
     if loss:
         cfg["loss"] = loss
+    cfg.update(determinism(args.device))
     metrics = {
         "test_accuracy": after.get("accuracy"),
         "test_loss": after["loss"],

@@ -31,7 +31,7 @@ from .. import runs
 from .._io import atomic_dir, recover, write_json, write_text
 from ..errors import BrainsurgeonError, RunDirError
 from ..training.checkpoint import epoch_checkpoints
-from ..utils import environment, resolve_device, seed_everything
+from ..utils import determinism, environment, resolve_device, seed_everything
 from .resume import StepStore
 from .schema import Recipe, load_recipe, step_config
 from .steps import STEPS, StepContext
@@ -119,6 +119,7 @@ def _execute(r: Recipe, tmp: Path, out: Path, device, progress, say, store) -> d
     after = _measure(model, data, tmp, options)
     history[-1]["parent"] = str(out / "start")
     final_cfg = {**base_cfg, "history": history, "compression": compression, "recipe": r.data}
+    final_cfg.update(determinism(device))
     written = _export_final(model, tmp, final_cfg, after, options)
     after.update(file_bytes=written.file_bytes, file_ratio=written.ratio)
     runs.save(model, tmp / "final", config=final_cfg, metrics=after, files=files)

@@ -164,7 +164,8 @@ def fit(
     (classification) or the lowest validation loss (other tasks). ``checkpoint`` (or the
     session of :func:`brainsurgeon.training.checkpoint.epoch_checkpoints`) saves model,
     optimizer and RNG states after every epoch and resumes from the newest one, bit-identically.
-    A NaN or infinite loss or gradient raises :class:`NumericalError` naming the epoch, the
+    Bit-identical for a seed on CPU; on CUDA some backward kernels (atomic adds) are not
+    (see :data:`brainsurgeon.utils.NONDETERMINISTIC_CUDA`). A NaN or infinite loss or gradient raises :class:`NumericalError` naming the epoch, the
     batch and the tensor; the checkpoints of the finished epochs stay on disk.
     """
     config = config or TrainConfig()
