@@ -165,8 +165,9 @@ def fit(
     session of :func:`brainsurgeon.training.checkpoint.epoch_checkpoints`) saves model,
     optimizer and RNG states after every epoch and resumes from the newest one, bit-identically.
     Bit-identical for a seed on CPU; on CUDA some backward kernels (atomic adds) are not
-    (see :data:`brainsurgeon.utils.NONDETERMINISTIC_CUDA`). A NaN or infinite loss or gradient raises :class:`NumericalError` naming the epoch, the
-    batch and the tensor; the checkpoints of the finished epochs stay on disk.
+    (see :data:`brainsurgeon.utils.NONDETERMINISTIC_CUDA`). A NaN or infinite loss or
+    gradient raises :class:`NumericalError` naming the epoch, the batch and the tensor; the
+    checkpoints of the finished epochs stay on disk.
     """
     config = config or TrainConfig()
     device = resolve_device(device)
