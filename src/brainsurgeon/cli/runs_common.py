@@ -81,8 +81,8 @@ def resumable_out(args: argparse.Namespace) -> tuple[Path, dict[str, Any]] | Non
             )
         return root, meta
     if out.exists() and not force and not (resume and out.is_dir() and not any(out.iterdir())):
-        held = "an unfinished run; pass --resume to continue it," if root.is_dir() else "files;"
-        raise RunDirError(f"{out} already holds {held} choose another --out or pass --force")
+        held = " and holds an unfinished run (pass --resume to continue it)" * root.is_dir()
+        raise RunDirError(f"{out} already exists{held}; choose another --out or pass --force")
     if root.is_dir():
         shutil.rmtree(root)
     return root, meta

@@ -72,8 +72,8 @@ def run_recipe(
     if resume and (out / "result.json").exists():
         return json.loads((out / "result.json").read_text())
     if out.exists() and not force and not (resume and store.root.is_dir()):
-        held = "an unfinished run; pass --resume," if store.root.is_dir() else "files;"
-        raise RunDirError(f"{out} already holds {held} choose another --out or pass --force")
+        held = " and holds an unfinished run (pass --resume to continue it)" * store.root.is_dir()
+        raise RunDirError(f"{out} already exists{held}; choose another --out or pass --force")
     device = resolve_device(device or r.data.get("device", "auto"))
     say = log or (lambda m: None)
     start = time.perf_counter()
