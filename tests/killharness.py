@@ -284,6 +284,14 @@ def inode_units(pattern_dirs: list[str], *, need: str | None = None) -> Units:
     ``need``: a file a folder must hold to count as finished."""
 
     def units(out: Path) -> dict[str, int]:
+        for _ in range(100):  # folders vanish while the child runs: look again
+            try:
+                return scan(out)
+            except FileNotFoundError:
+                time.sleep(0.001)
+        return scan(out)
+
+    def scan(out: Path) -> dict[str, int]:
         found: dict[str, int] = {}
         for pattern in pattern_dirs:
             for p in out.glob(pattern):

@@ -22,7 +22,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from .. import runs
-from .._io import atomic_dir, write_json, write_text
+from .._io import atomic_dir, write_json
 from ..errors import RunDirError
 from ..training.checkpoint import rng_state, set_rng_state
 
@@ -32,26 +32,55 @@ STEPS_DIR = "steps"
 class StepStore:
     """The step checkpoints under ``out/steps``; see the module docstring."""
 
-    def __init__(self, out: Path, recipe_text: str) -> None:
+    def __init__(self, out: Path, recipe: dict[str, Any]) -> None:
         self.root = Path(out) / STEPS_DIR
-        self.text = recipe_text
+        self.recipe = json.loads(json.dumps(recipe, default=str))
+        self.opened = False
 
     def open(self, *, resume: bool) -> None:
-        """Start fresh (clearing old checkpoints) or check the recipe of a resumed run."""
-        saved = self.root / "recipe.yaml"
+        """Start fresh (clearing old checkpoints) or check a resumed run: everything but the
+        steps must be the same (a step's options may change: that step and the ones after it
+        run again)."""
+        saved = self.root / "recipe.json"
+        self.opened = True
         if resume and saved.exists():
-            if saved.read_text() != self.text:
+            old = json.loads(saved.read_text())
+            diff = sorted(
+                k for k in set(old) | set(self.recipe)
+                if k != "steps" and old.get(k) != self.recipe.get(k)
+            )  # fmt: skip
+            if diff:
                 raise RunDirError(
-                    f"{self.root.parent} holds an unfinished run of another recipe (or seed); "
-                    "resume with the same recipe, or pass --force to start over"
+                    f"{self.root.parent} holds an unfinished run of another recipe (fields "
+                    f"differ: {diff}); resume with the same recipe, or pass --force"
                 )
+            write_json(saved, self.recipe)
             return
         if self.root.exists():
             shutil.rmtree(self.root)
-        write_text(saved, self.text)
+        write_json(saved, self.recipe)
 
-    def epochs(self, index: int) -> Path:
-        return self.root / f"{index:02d}.epochs"
+    def discard_if_empty(self) -> None:
+        """After a failure before any step finished: remove what :meth:`open` wrote."""
+        if not self.opened or not self.root.is_dir():
+            return
+        if any(p.is_dir() and p.name.isdigit() for p in self.root.iterdir()):
+            return
+        shutil.rmtree(self.root, ignore_errors=True)
+        out = self.root.parent
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+    def epochs(self, index: int, options) -> tuple[Path, tuple[Path, dict[str, Any]]]:
+        """``(folder, meta)`` for the epoch checkpoints of step ``index``; checkpoints left
+        by the step with other options are removed (a changed learning rate is kept: the
+        fix after a NaN)."""
+        root = self.root / f"{index:02d}.epochs"
+        record = {"options": json.loads(json.dumps(options, default=str))}
+        meta = root / "step.json"
+        if meta.exists() and _without_lr(json.loads(meta.read_text())) != _without_lr(record):
+            shutil.rmtree(root)
+        return root, (meta, record)
 
     def save_start(self, tmp_start: Path) -> None:
         """Keep a copy of the start run (and the RNG states after measuring it)."""
@@ -79,14 +108,23 @@ class StepStore:
             save_file(tensors, str(tmp / "rng.safetensors"))
             state = {"record": record, "history": entry, "compression": compression, "rng": info}
             write_json(tmp / "step.json", state)
-        shutil.rmtree(self.epochs(index), ignore_errors=True)
+        shutil.rmtree(self.root / f"{index:02d}.epochs", ignore_errors=True)
 
-    def load(self, index: int, device) -> tuple[Any, dict[str, Any]] | None:
-        """``(model, state)`` of finished step ``index`` with the RNGs restored, or None."""
+    def load(self, index: int, device, options) -> tuple[Any, dict[str, Any]] | None:
+        """``(model, state)`` of finished step ``index`` with the RNGs restored, or None
+        (not finished, or finished with other options)."""
         path = self.root / f"{index:02d}"
         if not (path / "step.json").exists():
             return None
         state = json.loads((path / "step.json").read_text())
+        if state["record"].get("options") != json.loads(json.dumps(options, default=str)):
+            return None
         model = runs.load_run(path / "run", device=device).model
         set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
         return model, state
+
+
+def _without_lr(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_lr(v) for k, v in value.items() if "lr" not in k}
+    return value

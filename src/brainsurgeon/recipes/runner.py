@@ -68,7 +68,7 @@ def run_recipe(
     out = Path(out_dir)
     if out.parent.is_dir():
         recover(out)  # a run killed while writing its final folder
-    store = StepStore(out, r.text)
+    store = StepStore(out, r.data)
     if resume and (out / "result.json").exists():
         return json.loads((out / "result.json").read_text())
     if out.exists() and not force and not (resume and store.root.is_dir()):
@@ -78,10 +78,14 @@ def run_recipe(
     say = log or (lambda m: None)
     start = time.perf_counter()
     store.open(resume=resume)
-    with atomic_dir(out, force=True) as tmp:
-        result = _execute(r, tmp, out, device, progress, say, store)
-        result["seconds"] = round(time.perf_counter() - start, 2)
-        write_json(tmp / "result.json", result)
+    try:
+        with atomic_dir(out, force=True) as tmp:
+            result = _execute(r, tmp, out, device, progress, say, store)
+            result["seconds"] = round(time.perf_counter() - start, 2)
+            write_json(tmp / "result.json", result)
+    except BaseException:
+        store.discard_if_empty()  # a bad first step leaves nothing behind
+        raise
     return result
 
 
@@ -96,8 +100,10 @@ def _execute(r: Recipe, tmp: Path, out: Path, device, progress, say, store) -> d
     before = _start_point(model, *start_point) if "load" in r.data else None
     steps = []
     ctx = StepContext(model, data, device, progress, start=tmp / "start", compression=compression)
+    reuse = True  # finished steps are kept up to the first one that must run again
     for i, (kind, options) in enumerate(r.steps):
-        done = store.load(i, device)
+        done = store.load(i, device, options) if reuse else None
+        reuse = done is not None
         if done is None:
             say(f"step {i + 1}/{len(r.steps)}: {kind} {options or ''}")
             record = _run_step(r, i, kind, options, ctx, tmp, store)
@@ -153,7 +159,7 @@ def _export_final(model, tmp: Path, cfg: dict, metrics: dict, options: dict):
 def _run_step(r: Recipe, i: int, kind: str, options, ctx: StepContext, tmp: Path, store):
     """Step ``i`` with epoch checkpoints under ``store``; an error names the step."""
     try:
-        with epoch_checkpoints(store.epochs(i)):
+        with epoch_checkpoints(*store.epochs(i, options)):
             return _step(kind, options, r.seed + i, ctx, tmp)
     except BrainsurgeonError as err:  # name the step that failed, with its line
         raise r.error(f"steps[{i}].{kind}", str(err)) from None
