@@ -11,9 +11,10 @@ no interpreter start-up, so kill points land in the computation) or started fres
   folder ``.NAME.*.tmp`` of a finished unit counts as redone);
 * nothing half-written is left: after the final run no hidden ``.*.tmp`` / ``.*.old``
   entries and no checkpoint folders remain beside or inside the output;
-* the final result is identical: the same file names, byte-identical ``*.safetensors``, and
-  equal ``*.json`` once timings (``seconds``, latencies, environment) and the output's own
-  path are left out.
+* the final result is identical: the same file names, byte-identical ``*.safetensors`` and
+  ``*.bsc`` files, and equal ``*.json`` once timings (``seconds``, latencies, environment)
+  are left out. Every run is written at the same path (then moved), so paths recorded
+  inside files agree.
 """
 
 from __future__ import annotations
@@ -192,18 +193,32 @@ def kill_and_resume(
 def kill_scenarios(
     argv: list[str], root: Path, units: Units, seconds: float, kills: int, seed: int, **kw
 ) -> tuple[Outcome, list[Path]]:
-    """Fresh runs under ``root/NN/out``, each killed at moments uniform in ``[0, seconds]``
-    and resumed until it finishes, until ``kills`` kills happened; the finished folders."""
+    """Fresh runs at ``root/run/out``, each killed at moments uniform in ``[0, seconds]`` and
+    resumed until it finishes, until ``kills`` kills happened. Each finished run is moved to
+    ``root/done-NN/out`` (so every run writes the same paths into its files, as the
+    reference run should: see :func:`reference_run`); returns the moved folders."""
     rng = random.Random(seed)
     result, outs = Outcome(), []
     while result.kills < kills:
-        folder = root / f"{len(outs):02d}"
+        folder = root / "run"
         folder.mkdir(parents=True)
         out = folder / "out"
         moments = [rng.uniform(0.0, seconds) for _ in range(kills - result.kills)]
         kill_and_resume([*argv, "--out", str(out)], out, units, moments, result=result, **kw)
-        outs.append(out)
+        done = root / f"done-{len(outs):02d}"
+        folder.rename(done)
+        outs.append(done / "out")
     return result, outs
+
+
+def reference_run(argv: list[str], root: Path, **kw) -> tuple[Path, float]:
+    """The uninterrupted run, written at ``root/run/out`` and moved to ``root/reference``;
+    ``(its folder, its wall time)``."""
+    (root / "run").mkdir(parents=True)
+    seconds = run_whole([*argv, "--quiet", "--out", str(root / "run" / "out")],
+                        root / "reference.log", **kw)  # fmt: skip
+    (root / "run").rename(root / "reference")
+    return root / "reference" / "out", seconds
 
 
 def _check_kept(out: Path, units: Units, done: dict[str, int], result: Outcome) -> None:
@@ -240,7 +255,7 @@ def compare_outputs(a: Path, b: Path) -> list[str]:
     diffs = [f"files differ: {sorted(set(names_a) ^ set(names_b))}"] if names_a != names_b else []
     for name in sorted(set(names_a) & set(names_b)):
         pa, pb = a / name, b / name
-        if name.endswith(".safetensors") and pa.read_bytes() != pb.read_bytes():
+        if name.endswith((".safetensors", ".bsc")) and pa.read_bytes() != pb.read_bytes():
             diffs.append(f"{name}: bytes differ")
         elif name.endswith(".json"):
             ja = _strip(json.loads(pa.read_text()), str(a))

@@ -84,10 +84,8 @@ def setup(trained_run, tmp_path_factory):
 
 def _check(name, setup, tmp_path, kills: int, seed: int) -> kh.Outcome:
     argv, units = setup[name]
-    (tmp_path / "a" / "00").mkdir(parents=True)  # as long as b/NN: paths inside files
-    whole = tmp_path / "a" / "00" / "out"
-    seconds = kh.run_whole([*argv, "--quiet", "--out", str(whole)], tmp_path / "a" / "log")
-    outcome, outs = kh.kill_scenarios(argv, tmp_path / "b", units, seconds, kills, seed)
+    whole, seconds = kh.reference_run(argv, tmp_path)
+    outcome, outs = kh.kill_scenarios(argv, tmp_path, units, seconds, kills, seed)
     for out in outs:
         outcome.differences += kh.compare_outputs(whole, out)
     return outcome
