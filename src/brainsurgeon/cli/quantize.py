@@ -34,7 +34,9 @@ an option another method takes is an error. --per-layer-bits matches layer or te
 exactly, by prefix or as a glob (the longest key wins); --exclude / --layers are globs;
 --finetune-epochs trains the centroids of kmeans/product/residual, and the float weights
 through a straight-through estimator (QAT) for uniform/binary/ternary/gptq.
-Prune first and quantize the pruned run: pruned weights stay zero and take no centroid."""
+Prune first and quantize the pruned run: pruned weights stay zero and take no centroid.
+Fine-tuning epochs are checkpointed under OUT/epochs/ (model, optimizer, RNG states); after
+a kill or a NaN, run the same command with --resume (a lower --finetune-lr is allowed)."""
 
 QUANTIZERS_EPILOG = """\
 example:

@@ -35,7 +35,8 @@ step kinds (each step's options are the fields of its config):
 examples:
   brainsurgeon run recipe.yaml --out runs/recipe
   brainsurgeon run runs/recipe/final/recipe.yaml --out runs/again   # reproduce
-  brainsurgeon run recipe.yaml --check                              # validate only"""
+  brainsurgeon run recipe.yaml --check                              # validate only
+  brainsurgeon run recipe.yaml --out runs/recipe --resume   # after a kill: finished steps kept"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
