@@ -29,7 +29,7 @@ COMMANDS = {
     "compare": (
         ["compare", "{run}", "--criteria", "random,magnitude", "--sparsities", "0.7",
          "--finetune-epochs", "1", "--samples", "64"],
-        True,
+        False,  # test_experiments.py checks that seeds change the random cells
     ),
     "prune-iterative": (
         ["prune", "{run}", "--criterion", "random", "--amount", "0.6", "--schedule",
@@ -47,7 +47,8 @@ def _run(argv: list[str], run, out, seed: int) -> None:
 @pytest.mark.parametrize("name", COMMANDS)
 def test_same_seed_same_bits_other_seed_differs(name, trained_run, tmp_path):
     argv, seed_matters = COMMANDS[name]
-    for label, seed in (("a", 5), ("b", 5), ("c", 6)):
+    runs = (("a", 5), ("b", 5), ("c", 6)) if seed_matters else (("a", 5), ("b", 5))
+    for label, seed in runs:
         (tmp_path / label).mkdir()
         _run(argv, trained_run, tmp_path / label / "out", seed)
     a, b, c = (tmp_path / k / "out" for k in "abc")
