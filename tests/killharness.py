@@ -130,8 +130,9 @@ def run_whole(argv: list[str], log: Path, *, fork: bool = True, timeout: float =
     return time.monotonic() - start
 
 
-def _watch(child: Child, out: Path, units: Units, done: dict[str, int], stop_at: float | None):
-    """Poll ``child`` until it exits (or ``stop_at``, then kill it); the finished units that it
+def _watch(child: Child, out: Path, units: Units, done: dict[str, int], stop_at, marker=None):
+    """Poll ``child`` until it exits (or ``stop_at``, then kill it; with ``marker`` seconds,
+    kill that long after the first unit it finishes instead); the finished units that it
     wrote again."""
     redone = set()
     while child.poll() is None:
@@ -140,6 +141,8 @@ def _watch(child: Child, out: Path, units: Units, done: dict[str, int], stop_at:
             break
         now = units(out)
         redone |= {k for k, inode in now.items() if k in done and inode != done[k]}
+        if marker is not None and any(k not in done and v != -1 for k, v in now.items()):
+            stop_at, marker = time.monotonic() + marker, None
         time.sleep(0.002)
     return redone
 
@@ -154,10 +157,13 @@ def kill_and_resume(
     timeout: float = 600,
     log_dir: Path | None = None,
     result: Outcome | None = None,
+    markers: bool = False,
 ) -> Outcome:
     """Start ``argv`` (its ``--out`` is ``out``), SIGKILL attempt ``i`` ``kill_after[i]``
-    seconds after it starts, resume with ``--resume`` after each kill; once the moments are
-    used up (or an attempt finishes first) run it to the end. Adds to ``result``."""
+    seconds after it starts (``markers``: every other attempt is killed just after the next
+    unit it finishes, ``kill_after[i] % 0.05`` s later), resume with ``--resume`` after each
+    kill; once the moments are used up (or an attempt finishes first) run it to the end.
+    Adds to ``result``."""
     log_dir = log_dir or out.parent
     result = result or Outcome()
     done: dict[str, int] = {}
@@ -168,7 +174,10 @@ def kill_and_resume(
         _check_kept(out, units, done, result)
         log = log_dir / f"attempt-{i:03d}.log"
         child = Child(args, log, fork)
-        result.redone += sorted(_watch(child, out, units, done, time.monotonic() + delay))
+        # odd attempts: at a progress marker (just after the next finished unit), with jitter
+        when, marker = (None, delay % 0.05) if markers and i % 2 else (delay, None)
+        stop_at = None if when is None else time.monotonic() + when
+        result.redone += sorted(_watch(child, out, units, done, stop_at, marker))
         rc = child.wait(timeout)
         if rc not in (-signal.SIGKILL, 128 + signal.SIGKILL):
             if rc != 0:

@@ -82,10 +82,10 @@ def setup(trained_run, tmp_path_factory):
     return commands(trained_run, recipe)
 
 
-def _check(name, setup, tmp_path, kills: int, seed: int) -> kh.Outcome:
+def _check(name, setup, tmp_path, kills: int, seed: int, markers: bool = True) -> kh.Outcome:
     argv, units = setup[name]
     whole, seconds = kh.reference_run(argv, tmp_path)
-    outcome, outs = kh.kill_scenarios(argv, tmp_path, units, seconds, kills, seed)
+    outcome, outs = kh.kill_scenarios(argv, tmp_path, units, seconds, kills, seed, markers=markers)
     for out in outs:
         outcome.differences += kh.compare_outputs(whole, out)
     return outcome
