@@ -93,7 +93,8 @@ def _check(name, setup, tmp_path, kills: int, seed: int, markers: bool = True) -
 
 @pytest.mark.parametrize("name", ["quantize", "distill", "compare", "study", "recipe"])
 def test_killed_command_resumes_to_the_same_result(name, setup, tmp_path):
-    outcome = _check(name, setup, tmp_path, kills=2, seed=0)
+    kills = 1 if name in ("study", "compare") else 2  # their plots make every finish slow
+    outcome = _check(name, setup, tmp_path, kills=kills, seed=0)
     assert outcome.ok, outcome.summary() | {"differences": outcome.differences}
     assert outcome.kills + outcome.finished_early >= 1
 
