@@ -82,6 +82,8 @@ class Child:
                     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
                     os.dup2(fd, 1)
                     os.dup2(fd, 2)
+                    sys.stdout = open(1, "w", closefd=False)  # not pytest's capture
+                    sys.stderr = open(2, "w", closefd=False)
                     from brainsurgeon.cli.main import main
 
                     code = main(argv)
