@@ -8,6 +8,7 @@ of each output lands on disk.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             yield Path(scratch) / path.name
         return
     _make_parent(path)
+    sweep_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -41,6 +43,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def sweep_stale(path: Path) -> None:
+    """Remove the temp entries (``.NAME.*.tmp``) that a killed writer of ``path`` left.
+
+    A process killed with SIGKILL runs no cleanup; its half-written temp file or folder
+    stays beside ``path`` until the next write of the same ``path`` removes it here.
+    """
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def recover(path: str | os.PathLike) -> None:
+    """Clean up after a writer of ``path`` killed inside :func:`atomic_dir`.
+
+    A kill between moving the old ``path`` aside (``.NAME.old``) and moving the new one in
+    leaves no ``path``: the old one is put back. A kill after the new one is in place leaves
+    ``.NAME.old`` beside it: it is removed. Stale temp entries go too (:func:`sweep_stale`).
+    """
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if old.exists():
+        if not path.exists():
+            os.replace(old, path)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    sweep_stale(path)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -71,6 +103,8 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
         with tempfile.TemporaryDirectory(prefix="brainsurgeon-rank-") as scratch:
             yield Path(scratch)
         return
+    if path.parent.is_dir():
+        recover(path)
     if path.exists() and not force:
         raise RunDirError(f"{path} already exists; choose another --out or pass --force")
     if path.exists() and not path.is_dir():

@@ -108,3 +108,55 @@ def require_finite(name: str, tensor: torch.Tensor, action: str) -> None:
             "model. The run is damaged or diverged: retrain it (lower the learning rate) or "
             "start from an earlier run"
         )
+
+
+class numerical_step:
+    """Context manager: a :class:`NumericalError` raised inside names ``what`` (the layer and
+    the step, e.g. ``"the SparseGPT solve of fc1"``) and says ``fix``::
+
+        with numerical_step("the GPTQ solve of fc1", "raise --damp (e.g. 0.1)"):
+            ...
+    """
+
+    def __init__(self, what: str, fix: str = "") -> None:
+        self.what, self.fix = what, fix
+
+    def __enter__(self) -> numerical_step:
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        from .errors import NumericalError
+
+        if kind is not None and issubclass(kind, NumericalError) and self.what not in str(err):
+            hint = f"; {self.fix}" if self.fix and self.fix not in str(err) else ""
+            raise NumericalError(f"{self.what}: {err}{hint}") from None
+        return False
+
+
+def check_finite(name: str, tensor: torch.Tensor, step: str, fix: str) -> None:
+    """A :class:`NumericalError` when ``step`` gave ``name`` NaN or infinite values."""
+    from .errors import NumericalError
+
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise NumericalError(
+            f"{step} gave {name} {bad} NaN or infinite value(s); {fix}. Nothing was changed"
+        )
+
+
+NONDETERMINISTIC_CUDA = (
+    "CUDA kernels that add with atomics (index_add_ in k-means' Lloyd step, the backward of "
+    "scatter / index / embedding ops, cuDNN convolution backward) sum floats in a varying "
+    "order, so two runs with one seed can differ in the last bits; for bit-identical GPU runs "
+    "call torch.use_deterministic_algorithms(True) and set CUBLAS_WORKSPACE_CONFIG=:4096:8"
+)
+
+
+def determinism(device: str | torch.device | None) -> dict[str, Any]:
+    """``{}`` on CPU (runs are bit-identical for a seed); on CUDA ``{"determinism":
+    {"deterministic": bool, "reason": ...}}`` for a run's ``config.json``."""
+    if resolve_device(device or "auto").type != "cuda":
+        return {}
+    if torch.are_deterministic_algorithms_enabled():
+        return {"determinism": {"deterministic": True, "reason": "deterministic algorithms on"}}
+    return {"determinism": {"deterministic": False, "reason": NONDETERMINISTIC_CUDA}}

@@ -88,6 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force", action="store_true", help="discard an existing different comparison in --out"
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted --out: finished cells (OUT/cells/*.json) are kept "
+        "(running again with the same options does the same)",
+    )
     add_common(p)
     p.set_defaults(func=run)
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..errors import RunDirError
 from .common import add_common, emit, say, table
+from .runs_common import add_resume
 
 EPILOG = """\
 examples:
@@ -29,7 +28,11 @@ large: with T = 20 use adam (its steps do not scale with the gradient) or a smal
 (0.01 worked on MNIST where 0.05 diverged). Try a few temperatures and keep the best on the
 validation split: in benchmarks/distillation.py (MNIST, 84-error teacher, 3 seeds) the
 800-800 student made 104 test errors at T = 2, 109 at T = 3 and 116 at T = 20, against 133
-trained on the labels alone."""
+trained on the labels alone.
+
+Every epoch is checkpointed under OUT/epochs/ (model, optimizer, RNG states); after a kill or
+a NaN, run the same command with --resume (a lower --lr or --hint-lr is allowed): the result
+is bit-identical to an uninterrupted run."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     p.add_argument("--out", required=True, help="new run directory for the student")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_resume(p)
     add_common(p)
     p.set_defaults(func=run)
 
@@ -110,8 +114,6 @@ def _config(args: argparse.Namespace):
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    if Path(args.out).exists() and not args.force:
-        raise RunDirError(f"{args.out} already exists; choose another --out or pass --force")
     return config
 
 
@@ -122,11 +124,17 @@ def run(args: argparse.Namespace) -> int:
     from ..models import build_model
     from ..runs import load_run, save
     from ..training import describe, evaluate
+    from ..training.checkpoint import epoch_checkpoints
     from ..training.evaluation import recorded_loss
-    from ..utils import resolve_device, seed_everything
+    from ..utils import determinism, resolve_device, seed_everything
+    from .runs_common import resumable_out
 
     resolve_loss(args.task_loss)
     config = _config(args)
+    checkpoints = resumable_out(args)
+    if checkpoints is None:
+        say(args, f"{args.out} is finished already; nothing to resume")
+        return 0
     device = resolve_device(args.device)
     teacher_run = load_run(args.teacher, device=device)
     data = teacher_run.data(progress=not args.quiet)
@@ -135,21 +143,28 @@ def run(args: argparse.Namespace) -> int:
     task = args.task_loss or recorded_loss(
         teacher_run.config
     )  # the teacher's task loss (None: from the labels)
-    result = distill(
-        teacher_run.model, student, config, data, device=device, progress=not args.quiet, loss=task
-    )
+    with epoch_checkpoints(*checkpoints):
+        result = distill(
+            teacher_run.model,
+            student,
+            config,
+            data,
+            device=device,
+            progress=not args.quiet,
+            loss=task,
+        )
     teacher_ev = evaluate(teacher_run.model, data, loss=task)
     student_ev = evaluate(student, data, loss=task)
     say(args, f"student test {describe(student_ev)} (teacher {describe(teacher_ev)})")
     record = _record(args, config, teacher_run, student, result, (teacher_ev, student_ev))
-    cfg = _child_config(args, config, teacher_run, record, task)
+    cfg = {**_child_config(args, config, teacher_run, record, task), **determinism(device)}
     metrics = {
         "test": student_ev,
         "teacher_test": teacher_ev,
         "history": result.history,
         "hint_history": result.hint_history,
     }
-    out = save(student, args.out, config=cfg, metrics=metrics, force=args.force)
+    out = save(student, args.out, config=cfg, metrics=metrics, force=True)
     emit(args, {"out": str(out), **record}, _text(record, out))
     return 0
 

@@ -245,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
     from ..losses import resolve_loss
     from ..pipeline import check_out_dir, prune_run
     from ..training.evaluation import recorded_loss
+    from ..utils import determinism
 
     config = prune_config(args)  # every option is validated before any work or output
     if args.shrink and config.granularity == "element":
@@ -280,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=out,
         resume=args.resume,
         force=args.force,
-        base_config=source.child_config(step),
+        base_config={**source.child_config(step), **determinism(args.device)},
         callback=_printer(args, config),
     )
     payload = {"run": str(out), "parent": str(source.path), **result.to_dict()}

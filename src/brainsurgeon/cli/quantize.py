@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any
 
 from .common import add_common, emit, parse_kv_list, say, table
 from .options import add_loss_option
+from .runs_common import add_resume
 
 if typing.TYPE_CHECKING:
     from ..quantization import QuantBase
@@ -32,7 +34,9 @@ an option another method takes is an error. --per-layer-bits matches layer or te
 exactly, by prefix or as a glob (the longest key wins); --exclude / --layers are globs;
 --finetune-epochs trains the centroids of kmeans/product/residual, and the float weights
 through a straight-through estimator (QAT) for uniform/binary/ternary/gptq.
-Prune first and quantize the pruned run: pruned weights stay zero and take no centroid."""
+Prune first and quantize the pruned run: pruned weights stay zero and take no centroid.
+Fine-tuning epochs are checkpointed under OUT/epochs/ (model, optimizer, RNG states); after
+a kill or a NaN, run the same command with --resume (a lower --finetune-lr is allowed)."""
 
 QUANTIZERS_EPILOG = """\
 example:
@@ -130,6 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         _add_option(p, name, spec, len(QUANTIZERS))
     p.add_argument("--out", required=True, help="new run directory")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_resume(p)
     add_loss_option(p)
     add_common(p)
     p.set_defaults(func=run)
@@ -172,13 +177,18 @@ def run(args: argparse.Namespace) -> int:
     from ..losses import resolve_loss
     from ..quantization import plan, quantize
     from ..training import evaluate
+    from ..training.checkpoint import epoch_checkpoints
     from ..training.evaluation import recorded_loss
-    from ..utils import seed_everything
-    from .runs_common import check_out, epoch_printer, open_run
+    from ..utils import determinism, seed_everything
+    from .runs_common import epoch_printer, open_run, resumable_out
 
     resolve_loss(args.loss)
     config = config_from_args(args)
-    out = check_out(args.out, args.force)
+    out = Path(args.out)
+    checkpoints = resumable_out(args)
+    if checkpoints is None:
+        say(args, f"{out} is finished already; nothing to resume")
+        return 0
     parent = open_run(args)
     plan(parent.model, config)  # every check, before any work
     data = parent.data(progress=not args.quiet)
@@ -186,15 +196,16 @@ def run(args: argparse.Namespace) -> int:
     before = evaluate(parent.model, data, loss=loss)
     seed_everything(args.seed)
     say(args, f"quantizing {parent.path} with {config.METHOD}")
-    result = quantize(
-        parent.model,
-        config,
-        data,
-        device=args.device,
-        loss=loss,
-        progress=not args.quiet,
-        callback=epoch_printer(args, config.finetune_epochs),
-    )
+    with epoch_checkpoints(*checkpoints):
+        result = quantize(
+            parent.model,
+            config,
+            data,
+            device=args.device,
+            loss=loss,
+            progress=not args.quiet,
+            callback=epoch_printer(args, config.finetune_epochs),
+        )
     after = evaluate(parent.model, data, loss=loss)
     summary = result.summary()
     cfg = parent.child_config(
@@ -208,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.setdefault("compression", {})["quantization"] = summary
     if loss:
         cfg["loss"] = loss
+    cfg.update(determinism(args.device))
     metrics = {
         "test_accuracy": after.get("accuracy"),
         "test_loss": after["loss"],
@@ -216,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         "storage": result.storage,
         "history": result.history,
     }
-    runs.save(parent.model.cpu(), out, config=cfg, metrics=metrics, force=args.force)
+    runs.save(parent.model.cpu(), out, config=cfg, metrics=metrics, force=True)
     from ..container import encode
 
     _, file = encode(parent.model, config=cfg, metrics=metrics)

@@ -35,7 +35,8 @@ step kinds (each step's options are the fields of its config):
 examples:
   brainsurgeon run recipe.yaml --out runs/recipe
   brainsurgeon run runs/recipe/final/recipe.yaml --out runs/again   # reproduce
-  brainsurgeon run recipe.yaml --check                              # validate only"""
+  brainsurgeon run recipe.yaml --check                              # validate only
+  brainsurgeon run recipe.yaml --out runs/recipe --resume   # after a kill: finished steps kept"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,6 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default=None, help="output folder (default: runs/RECIPE-NAME)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted --out after its last finished step (same recipe)",
+    )
     p.add_argument("--check", action="store_true", help="validate the recipe and stop")
     add_common(p, seed=False)
     p.add_argument("--seed", type=seed_type, default=None, help="override the recipe's seed")
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         seed=args.seed,
         log=lambda m: say(args, m),
+        resume=args.resume,
     )
     text = "\n".join(
         [

@@ -48,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_options(p, StudyConfig, fields=FIELDS, help=HELP)
     p.add_argument("--out", default=None, help="output folder (default: RUN-obd-sd)")
     p.add_argument("--force", action="store_true", help="discard a different study in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted --out: finished cells (OUT/cells/*.json) are kept "
+        "(running again with the same options does the same)",
+    )
     add_common(p)
     p.set_defaults(func=run)
 

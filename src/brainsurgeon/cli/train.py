@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from ..losses import resolve_loss
     from ..metrics import summarize
     from ..models import build_model
-    from ..utils import resolve_device, seed_everything
+    from ..utils import determinism, resolve_device, seed_everything
 
     resolve_loss(args.loss)
     config = train_config(args)
@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(model, data.input_shape)
     metrics, cfg = _record(args, config, data, history, (test, val), summary, seconds)
     model.cpu()
+    cfg.update(determinism(device))
     runs.save(model, out, config=cfg, metrics=metrics, force=args.force)
     payload = {"run": str(out), **{k: v for k, v in metrics.items() if k != "history"}}
     text = _text(out, test, val, summary["totals"]["params"], seconds)

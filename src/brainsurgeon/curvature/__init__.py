@@ -18,7 +18,7 @@ with a data set in eval mode. Targets are ``{"fc1.weight": (module, "weight")}``
 from __future__ import annotations
 
 import sys
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -64,12 +64,41 @@ def collect(
             for i, (x, y) in enumerate(data.batches(batch_size, device=device)):
                 try:
                     accumulator.update(x, y)
+                    check_statistics(accumulator)
                 except BrainsurgeonError as err:  # name the batch: the user can look at it
                     raise type(err)(f"{err} (batch {i + 1} of {n_batches} of {desc})") from None
                 bar.update(1)
         finally:
             bar.close()
     return accumulator
+
+
+def check_statistics(accumulator: Any) -> None:
+    """A :class:`NumericalError` naming the tensor and the statistic when an accumulated
+    statistic (a dict of tensors or of running moments on the accumulator) is NaN or inf."""
+    from ..errors import NumericalError
+
+    what = getattr(accumulator, "what", type(accumulator).__name__)
+    for attr, value in vars(accumulator).items():
+        if not isinstance(value, dict):
+            continue
+        for name, item in value.items():
+            parts = (
+                [item]
+                if isinstance(item, torch.Tensor)
+                else [getattr(item, k) for k in ("mean", "m2") if hasattr(item, k)]
+            )
+            for t in parts:
+                if (
+                    isinstance(t, torch.Tensor)
+                    and t.is_floating_point()
+                    and not bool(torch.isfinite(t).all())
+                ):
+                    raise NumericalError(
+                        f"{what} ({attr.rstrip('_')}) of {name} became NaN or infinite; the "
+                        "loss or the activations overflow: check the calibration data's "
+                        "normalisation and the weights (a diverged run?), or collect in float64"
+                    )
 
 
 def layer_targets(model: nn.Module, *, biases: bool = False) -> Targets:

@@ -26,7 +26,7 @@ from ..models.adapters import compressible
 from ..pruning.masks import find_mask
 from ..state import parametrizations_of
 from ..training import TrainConfig, fit
-from ..utils import preserved_modes, require_finite, resolve_device
+from ..utils import check_finite, preserved_modes, require_finite, resolve_device
 from .accounting import report
 from .base import QuantParametrization
 from .config import QuantBase, key_matches
@@ -94,9 +94,23 @@ def quantize(
         model.to(target)
         with memory.budget(config.max_memory):
             notes = quantizer.apply(model, layers, config, data, target)
+        _check_quantized(layers, config)
         history = _finetune(model, config, data, loss_fn, target, progress, callback)
     bits = {layer.name: layer.bits for layer in layers}
     return QuantResult(model, config, bits, report(model), history, notes)
+
+
+def _check_quantized(layers: list[LayerPlan], config: QuantBase) -> None:
+    """Every quantized tensor (and codebook) is finite, else a :class:`NumericalError` naming
+    the layer and the method (k-means, gptq, ...); the caller undoes the quantization."""
+    for layer in layers:
+        fix = "check the run's weights (a diverged training run?)"
+        if config.METHOD == "gptq":
+            fix = "raise --damp (e.g. 0.1)"
+        check_finite(layer.name, getattr(layer.module, layer.tensor), config.METHOD, fix)
+        for pname, p in layer.module.named_parameters():
+            if pname.startswith(f"parametrizations.{layer.tensor}.") and p.is_floating_point():
+                check_finite(f"{layer.name} ({pname})", p, config.METHOD, fix)
 
 
 @contextmanager

@@ -28,7 +28,12 @@ def assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 
 
 def lloyd(x: torch.Tensor, init: torch.Tensor, max_iter: int = 100):
-    """Lloyd's algorithm from ``init``; returns ``(centroids (k, d), labels (n,))`` in x's dtype."""
+    """Lloyd's algorithm from ``init``; returns ``(centroids (k, d), labels (n,))`` in x's dtype.
+
+    Deterministic on CPU. On CUDA the cluster sums use ``index_add_``, whose atomic adds sum
+    in a varying order: centroids can differ in the last bits between runs (the CLI records
+    ``"determinism": {"deterministic": false, ...}`` in the run's config.json there).
+    """
     if x.shape[1] == 1:
         c = _lloyd_1d(x[:, 0].double(), init[:, 0].double(), max_iter)[:, None]
         return c.to(x.dtype), assign(x.double(), c)

@@ -18,6 +18,7 @@ choice is seeded from the recipe's ``seed``.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from pathlib import Path
@@ -27,9 +28,11 @@ import torch
 import yaml
 
 from .. import runs
-from .._io import atomic_dir, write_json, write_text
+from .._io import atomic_dir, recover, write_json, write_text
 from ..errors import BrainsurgeonError, RunDirError
-from ..utils import environment, resolve_device, seed_everything
+from ..training.checkpoint import epoch_checkpoints
+from ..utils import determinism, environment, resolve_device, seed_everything
+from .resume import StepStore
 from .schema import Recipe, load_recipe, step_config
 from .steps import STEPS, StepContext
 
@@ -46,6 +49,7 @@ def run_recipe(
     force: bool = False,
     seed: int | None = None,
     log=None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Validate and run ``recipe`` (a YAML path or a dict) into ``out_dir``.
 
@@ -53,52 +57,75 @@ def run_recipe(
     ``{"before", "after", "steps", "final_run", "start_run", "report", "out", "seed"}``;
     ``before`` / ``after`` hold test accuracy, the file size on disk, counts and batch-1/64
     latency, measured on the model as read back from its ``.bsc`` file; every step's record
-    has its accuracy and ``file_bytes``.
+    has its accuracy and ``file_bytes``. While it runs, finished steps are kept under
+    ``out_dir/steps/`` (:mod:`brainsurgeon.recipes.resume`); ``resume`` continues after them
+    (a finished ``out_dir`` is returned as it is).
     """
     r = load_recipe(recipe)
     if seed is not None and int(seed) != r.seed:  # store the recipe that really ran
         r.data["seed"] = int(seed)
         r.text = f"# {r.source} with seed {seed}\n" + yaml.safe_dump(r.data, sort_keys=False)
     out = Path(out_dir)
-    if out.exists() and not force:
-        raise RunDirError(f"{out} already exists; choose another --out or pass --force")
+    if out.parent.is_dir():
+        recover(out)  # a run killed while writing its final folder
+    store = StepStore(out, r.data)
+    if resume and (out / "result.json").exists():
+        return json.loads((out / "result.json").read_text())
+    if out.exists() and not force and not (resume and store.root.is_dir()):
+        held = " and holds an unfinished run (pass --resume to continue it)" * store.root.is_dir()
+        raise RunDirError(f"{out} already exists{held}; choose another --out or pass --force")
     device = resolve_device(device or r.data.get("device", "auto"))
     say = log or (lambda m: None)
     start = time.perf_counter()
-    with atomic_dir(out, force=force) as tmp:
-        result = _execute(r, tmp, out, device, progress, say)
-        result["seconds"] = round(time.perf_counter() - start, 2)
-        write_json(tmp / "result.json", result)
+    store.open(resume=resume)
+    try:
+        with atomic_dir(out, force=True) as tmp:
+            result = _execute(r, tmp, out, device, progress, say, store)
+            result["seconds"] = round(time.perf_counter() - start, 2)
+            write_json(tmp / "result.json", result)
+    except BaseException:
+        store.discard_if_empty()  # a bad first step leaves nothing behind
+        raise
     return result
 
 
-def _execute(r: Recipe, tmp: Path, out: Path, device, progress: bool, say) -> dict[str, Any]:
+def _execute(r: Recipe, tmp: Path, out: Path, device, progress, say, store) -> dict[str, Any]:
     seed_everything(r.seed)
     model, data, base_cfg = _start(r, device, progress, say)
     files = {RECIPE_FILE: r.text}
     write_text(tmp / RECIPE_FILE, r.text)
     history = list(base_cfg.get("history", []))
     compression = dict(base_cfg.get("compression", {}))
-    before = None
-    if "load" in r.data:  # the starting point is the loaded run as it is
-        before = _save_start(model, data, tmp, base_cfg, history, r, files)
+    start_point = (data, tmp, base_cfg, history, r, files, store)
+    before = _start_point(model, *start_point) if "load" in r.data else None
     steps = []
     ctx = StepContext(model, data, device, progress, start=tmp / "start", compression=compression)
+    reuse = True  # finished steps are kept up to the first one that must run again
     for i, (kind, options) in enumerate(r.steps):
-        say(f"step {i + 1}/{len(r.steps)}: {kind} {options or ''}")
-        try:
-            record = _step(kind, options, r.seed + i, ctx, tmp)
-        except BrainsurgeonError as err:  # name the step that failed, with its line
-            raise r.error(f"steps[{i}].{kind}", str(err)) from None
+        done = store.load(i, device, options) if reuse else None
+        reuse = done is not None
+        if done is None:
+            say(f"step {i + 1}/{len(r.steps)}: {kind} {options or ''}")
+            record = _run_step(r, i, kind, options, ctx, tmp, store)
+            history.append({"step": kind, "recipe_step": i, **_brief(record)})
+        else:
+            say(f"step {i + 1}/{len(r.steps)}: {kind}: done earlier, kept")
+            ctx.model, saved = done
+            compression.clear()
+            compression.update(saved["compression"])
+            record = saved["record"]
+            history.append(saved["history"])
         steps.append(record)
-        history.append({"step": kind, "recipe_step": i, **_brief(record)})
         if before is None:  # a new model: the starting point is the trained one
-            before = _save_start(ctx.model, data, tmp, base_cfg, history, r, files)
+            before = _start_point(ctx.model, *start_point)
+        if done is None:
+            store.save(i, ctx.model, record, history[-1], compression)
     model = ctx.model
     options = compression.get("export", {}).get("options", {})
     after = _measure(model, data, tmp, options)
     history[-1]["parent"] = str(out / "start")
     final_cfg = {**base_cfg, "history": history, "compression": compression, "recipe": r.data}
+    final_cfg.update(determinism(device))
     written = _export_final(model, tmp, final_cfg, after, options)
     after.update(file_bytes=written.file_bytes, file_ratio=written.ratio)
     runs.save(model, tmp / "final", config=final_cfg, metrics=after, files=files)
@@ -121,11 +148,31 @@ def _execute(r: Recipe, tmp: Path, out: Path, device, progress: bool, say) -> di
 
 def _export_final(model, tmp: Path, cfg: dict, metrics: dict, options: dict):
     """OUT/model.bsc: the final model as one compressed file (what ``after`` measured; the
-    metrics it carries leave out its own size)."""
+    metrics it carries leave out its own size and the latencies, which vary from run to run:
+    the same recipe and seed give the same bytes)."""
     from ..container import export
 
-    kept = {k: v for k, v in metrics.items() if not k.startswith("file_")}
+    kept = {k: v for k, v in metrics.items() if not k.startswith(("file_", "latency_"))}
     return export(model, tmp / FINAL_FILE, config=cfg, metrics=kept, **options)
+
+
+def _run_step(r: Recipe, i: int, kind: str, options, ctx: StepContext, tmp: Path, store):
+    """Step ``i`` with epoch checkpoints under ``store``; an error names the step."""
+    try:
+        with epoch_checkpoints(*store.epochs(i, options)):
+            return _step(kind, options, r.seed + i, ctx, tmp)
+    except BrainsurgeonError as err:  # name the step that failed, with its line
+        raise r.error(f"steps[{i}].{kind}", str(err)) from None
+
+
+def _start_point(model, data, tmp: Path, base_cfg, history, r: Recipe, files, store):
+    """The start run's metrics: kept from an interrupted run, else measured and saved."""
+    kept = store.load_start(tmp / "start")
+    if kept is not None:
+        return kept
+    before = _save_start(model, data, tmp, base_cfg, history, r, files)
+    store.save_start(tmp / "start")
+    return before
 
 
 def _save_start(model, data, tmp: Path, base_cfg, history, r: Recipe, files) -> dict[str, Any]:

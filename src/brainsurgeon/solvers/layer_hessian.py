@@ -21,6 +21,11 @@ def damped_inverse_cholesky(H: Tensor, damp: float = 0.01) -> tuple[Tensor, Tens
         raise ConfigError(f"H must be a square (cols, cols) matrix, got shape {tuple(H.shape)}")
     if not damp >= 0:
         raise ConfigError(f"damp must be >= 0 (a fraction of mean(diag H)), got {damp}")
+    if not bool(torch.isfinite(H).all()):
+        raise NumericalError(
+            "the layer Hessian H = 2 X X^T / N holds NaN or infinite values; check the "
+            "calibration inputs (normalisation) and the layers before this one"
+        )
     H = H.clone()
     dead = H.diagonal() == 0
     H[dead, dead] = 1.0
@@ -34,6 +39,11 @@ def damped_inverse_cholesky(H: Tensor, damp: float = 0.01) -> tuple[Tensor, Tens
     U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
     if bool(info):
         raise NumericalError(f"H^-1 lost positive definiteness in float; raise damp above {damp:g}")
+    if not bool(torch.isfinite(U).all()):
+        raise NumericalError(
+            f"the inverse of the damped layer Hessian overflowed to NaN or inf; raise damp "
+            f"above {damp:g} (e.g. damp=0.1)"
+        )
     return U, dead
 
 

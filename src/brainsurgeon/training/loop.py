@@ -27,7 +27,8 @@ from ..errors import ConfigError, NumericalError, UnsupportedLayerError
 from ..losses import LossLike, resolve_loss
 from ..models.adapters import Targets, compressible, layout_of
 from ..state import original
-from ..utils import module_device, resolve_device
+from ..utils import module_device, numerical_step, resolve_device
+from .checkpoint import EpochCheckpoint, fit_key, next_checkpoint
 from .config import TrainConfig
 from .evaluation import evaluate, score, task_loss
 
@@ -150,6 +151,7 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     callback: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint: EpochCheckpoint | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place; return one metrics dict per epoch.
 
@@ -161,7 +163,13 @@ def fit(
     (distillation); ``val`` is still measured with ``loss``. ``penalties`` are added to the
     loss; ``params`` restricts what is optimised; ``callback(record)`` is called after every
     epoch. Early stopping (``patience``) keeps the epoch with the best validation accuracy
-    (classification) or the lowest validation loss (other tasks).
+    (classification) or the lowest validation loss (other tasks). ``checkpoint`` (or the
+    session of :func:`brainsurgeon.training.checkpoint.epoch_checkpoints`) saves model,
+    optimizer and RNG states after every epoch and resumes from the newest one, bit-identically.
+    Bit-identical for a seed on CPU; on CUDA some backward kernels (atomic adds) are not
+    (see :data:`brainsurgeon.utils.NONDETERMINISTIC_CUDA`). A NaN or infinite loss or
+    gradient raises :class:`NumericalError` naming the epoch, the batch and the tensor; the
+    checkpoints of the finished epochs stay on disk.
     """
     config = config or TrainConfig()
     device = resolve_device(device)
@@ -172,10 +180,15 @@ def fit(
     penalties = [*(penalties or []), *config_penalties(config)]
     opt = make_optimizer(params if params is not None else model.parameters(), config)
     sync_module(model)  # under torch.distributed: every rank starts from rank 0's weights
-    step = (opt, objective, penalties, torch.Generator().manual_seed(config.seed), device)
-    history: list[dict[str, Any]] = []
+    gen = torch.Generator().manual_seed(config.seed)
+    step = (opt, objective, penalties, gen, device)
     best = _Best(config.patience)
-    for epoch in range(config.epochs):
+    ckpt = checkpoint if checkpoint is not None else next_checkpoint()
+    key = fit_key(model, config, desc)
+    history, first, stopped = _resumed(ckpt, model, opt, gen, best, key)
+    for epoch in range(first, config.epochs):
+        if stopped:
+            break
         for group in opt.param_groups:
             group["lr"] = config.lr * lr_factor(config, epoch)
         record = _epoch(
@@ -186,12 +199,24 @@ def fit(
         history.append(record)
         if callback is not None:
             callback(record)
-        if best.stop(model, measured):
+        stopped = best.stop(model, measured)
+        if stopped:
             record["early_stopped"] = True
-            break
+        if ckpt is not None:
+            ckpt.save(epoch + 1, model, opt, gen, best, history, stopped, key)
     best.restore(model)
     model.eval()
     return history
+
+
+def _resumed(ckpt, model, opt, gen, best, key) -> tuple[list[dict[str, Any]], int, bool]:
+    """``(history, first epoch to run, early-stopped)`` from ``ckpt`` (nothing: a fresh run)."""
+    restored = None if ckpt is None else ckpt.restore(model, opt, gen, key)
+    if restored is None:
+        return [], 0, False
+    best.score = float(restored.best["score"])
+    best.stale, best.state = restored.best["stale"], restored.best["state"]
+    return restored.history, restored.epoch, restored.stopped
 
 
 def config_penalties(config: TrainConfig) -> list[Penalty]:
@@ -252,6 +277,25 @@ def _validate(model, val, loss, device, record: dict[str, Any]) -> float | None:
     return score(ev)
 
 
+def check_gradients(opt: torch.optim.Optimizer, names: dict[int, str], where: str) -> None:
+    """A :class:`NumericalError` naming the first parameter whose gradient is NaN or inf.
+
+    One fused check per batch (the sum of every gradient's sum is finite when all are);
+    the per-tensor scan runs only when it is not.
+    """
+    grads = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    if not grads or bool(torch.isfinite(torch.stack([p.grad.sum() for p in grads])).all()):
+        return
+    for p in grads:
+        if not bool(torch.isfinite(p.grad).all()):
+            bad = int((~torch.isfinite(p.grad)).sum())
+            raise NumericalError(
+                f"the gradient of {names.get(id(p), 'a parameter')} holds {bad} NaN or "
+                f"infinite value(s) in {where}; lower the learning rate (--lr), clip the "
+                "weights (max_norm) or check the inputs; finished epochs are kept"
+            )
+
+
 def _epoch(model, dataset, step, config, progress, desc):
     """One pass over ``dataset``; ``step = (optimizer, loss_fn, penalties, generator, device)``."""
     opt, loss_fn, penalties, gen, device = step
@@ -261,24 +305,29 @@ def _epoch(model, dataset, step, config, progress, desc):
     n_batches = math.ceil(len(dataset) / config.batch_size)
     show = progress and sys.stderr.isatty()
     bar = tqdm(total=n_batches, desc=desc, leave=False, disable=not show, unit="batch")
-    for x, y in dataset.batches(config.batch_size, shuffle=True, generator=gen, device=device):
+    names = {id(p): n for n, p in model.named_parameters()}
+    batches = dataset.batches(config.batch_size, shuffle=True, generator=gen, device=device)
+    for index, (x, y) in enumerate(batches, 1):
         if config.shift or config.noise:
             x = augment(x, noise=config.noise, shift=config.shift, generator=gen)
         opt.zero_grad(set_to_none=True)
-        if parallel.active():
-            loss = _parallel_backward(model, opt, loss_fn, penalties, x, y)
-        else:
-            loss = loss_fn(model, x, y)
-            for pen in penalties:
-                loss = loss + pen(model)
+        where = f"{desc}, batch {index}/{n_batches}"
+        with numerical_step(where, "lower the learning rate (--lr)"):
+            if parallel.active():
+                loss = _parallel_backward(model, opt, loss_fn, penalties, x, y)
+            else:
+                loss = loss_fn(model, x, y)
+                for pen in penalties:
+                    loss = loss + pen(model)
         if not torch.isfinite(loss):
             bar.close()
             raise NumericalError(
-                f"training loss became {loss.item()} in {desc}; lower the learning rate "
-                "(--lr) or the penalty strength"
+                f"training loss became {loss.item()} in {where}; lower the learning rate "
+                "(--lr) or the penalty strength, and check the inputs for NaN"
             )
         if loss.requires_grad:
             loss.backward()
+        check_gradients(opt, names, where)
         opt.step()
         if config.max_norm:
             clip_unit_norms(model, config.max_norm)

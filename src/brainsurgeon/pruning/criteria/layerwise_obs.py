@@ -27,7 +27,10 @@ from ...distributed import layers
 from ...errors import ConfigError, UnsupportedLayerError, check_fraction, check_positive_int
 from ...models.adapters import layout_of
 from ...solvers import damped_inverse_cholesky, layer_obs_update, obc_prune, sparsegpt
+from ...utils import check_finite, numerical_step
 from .base import SaliencyContext, Solver, register_criterion
+
+DAMP_FIX = "raise the damping (damp=0.1, or --criterion-options obs:damp=0.1) or check the data"
 
 METHODS = ("auto", "obc", "sparsegpt")
 OBC_MAX_COST = 2e9  # rows * cols^3 above which method="auto" switches to SparseGPT
@@ -145,7 +148,8 @@ class LayerwiseOBS(Solver):
         out = {}
         for name, H in hessians.items():
             module, tensor = ctx.targets[name]
-            U, _ = damped_inverse_cholesky(H.to(torch.float64), self.damp)
+            with numerical_step(f"the inverse layer Hessian of {name}", DAMP_FIX):
+                U, _ = damped_inverse_cholesky(H.to(torch.float64), self.damp)
             diag = U.pow(2).sum(0).to(w[name].dtype)
             s = weight_matrix(module, tensor, w[name]).pow(2) / (2 * diag)
             out[name] = from_matrix(module, tensor, s, w[name].shape)
@@ -166,7 +170,9 @@ class LayerwiseOBS(Solver):
             module, tensor = ctx.targets[name]
             k = keep[name] & ctx.masks[name] if name in ctx.masks else keep[name]
             W2 = weight_matrix(module, tensor, w[name])
-            new = layer_obs_update(W2, H, weight_matrix(module, tensor, k), damp=self.damp)
+            with numerical_step(f"the layer-wise OBS update of {name}", DAMP_FIX):
+                new = layer_obs_update(W2, H, weight_matrix(module, tensor, k), damp=self.damp)
+                check_finite(name, new, "the OBS update", DAMP_FIX)
             out[name] = from_matrix(module, tensor, new, w[name].shape).to(w[name].dtype)
         layers.share(out, owners, "the refitted weights")
         return out
@@ -224,7 +230,9 @@ class LayerwiseOBS(Solver):
             if layers.mine(owners, name):
                 module, tensor = ctx.targets[name]
                 W2, k2 = weight_matrix(module, tensor, w), weight_matrix(module, tensor, keep[name])
-                W_new, k_new = self._solve(W2, hessians[name], amounts[name], nm, k2)
+                with numerical_step(f"the layer-wise solve of {name}", DAMP_FIX):
+                    W_new, k_new = self._solve(W2, hessians[name], amounts[name], nm, k2)
+                    check_finite(name, W_new, "the solve", DAMP_FIX)
                 new[name] = from_matrix(module, tensor, W_new, w.shape).to(w.dtype)
                 keep[name] = from_matrix(module, tensor, k_new, w.shape)
             if work is not None:  # the owner's result, then later layers calibrate on it

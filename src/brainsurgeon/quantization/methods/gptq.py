@@ -32,11 +32,13 @@ from ...data.core import DataLike, Dataset, as_dataset
 from ...errors import ConfigError, UnsupportedLayerError, check_positive_int
 from ...models.adapters import layer_kind, layout_of
 from ...state import original
-from ...utils import preserved_modes
+from ...utils import numerical_step, preserved_modes
 from ..base import as_matrix
 from ..config import GridOptions, one_of
 from ..registry import LayerPlan, Quantizer, attach, register_quantizer
 from .uniform import UniformQuant, fake_quantize, fit_grid
+
+GPTQ_FIX = "raise --damp (e.g. 0.1) or give more --samples"
 
 UNHOOKED = ("error", "rtn")
 
@@ -208,7 +210,6 @@ class GPTQ(Quantizer):
         how = _calibrate(model, layers, calib, device, config, rtn_ids | exact_rtn)
         names = [layer.name for layer in layers if id(layer) in rtn_ids]
         out = {"calibration": how}
-        names = [layer.name for layer in layers if id(layer) in rtn_ids]
         if names:
             warnings.warn(
                 f"gptq rounded {len(names)} tensor(s) to nearest (no layer inputs): "
@@ -248,7 +249,8 @@ def _calibrate(model, layers: list[LayerPlan], calib, device, config, rtn: set[i
             scale, zero = fit_grid(layer, config, layer.bits)
             attach(layer, _grid_quant(layer, scale, zero, config))
         else:
-            GPTQ.solve_layer(layer, H, config, solve)
+            with numerical_step(f"the GPTQ solve of {layer.name}", GPTQ_FIX):
+                GPTQ.solve_layer(layer, H, config, solve)
         return getattr(layer.module, layer.tensor).detach()
 
     if not config.sequential:
