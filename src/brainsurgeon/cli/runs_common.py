@@ -80,7 +80,10 @@ def resumable_out(args: argparse.Namespace) -> tuple[Path, dict[str, Any]] | Non
                 "resume with the same options, or pass --force to start over"
             )
         return root, meta
-    if out.exists() and not force and not (resume and out.is_dir() and not any(out.iterdir())):
+    nothing_kept = out.is_dir() and all(
+        p.name == CHECKPOINTS_DIR or p.name.startswith(".") for p in out.iterdir()
+    )  # killed before its first checkpoint: --resume starts it afresh
+    if out.exists() and not force and not (resume and nothing_kept):
         held = " and holds an unfinished run (pass --resume to continue it)" * root.is_dir()
         raise RunDirError(f"{out} already exists{held}; choose another --out or pass --force")
     if root.is_dir():

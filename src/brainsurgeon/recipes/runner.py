@@ -71,7 +71,8 @@ def run_recipe(
     store = StepStore(out, r.data)
     if resume and (out / "result.json").exists():
         return json.loads((out / "result.json").read_text())
-    if out.exists() and not force and not (resume and store.root.is_dir()):
+    empty = out.is_dir() and all(p.name.startswith(".") for p in out.iterdir())
+    if out.exists() and not force and not (resume and (store.root.is_dir() or empty)):
         held = " and holds an unfinished run (pass --resume to continue it)" * store.root.is_dir()
         raise RunDirError(f"{out} already exists{held}; choose another --out or pass --force")
     device = resolve_device(device or r.data.get("device", "auto"))

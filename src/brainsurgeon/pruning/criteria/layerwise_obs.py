@@ -274,7 +274,11 @@ class LayerwiseOBS(Solver):
             k0 = k0.bool() if k0 is not None else torch.ones_like(w, dtype=torch.bool)
             if layers.mine(owners, name):  # solved where H is (the working device)
                 W2, k2 = weight_matrix(module, tensor, w), weight_matrix(module, tensor, k0)
-                W_new, k_new = self._solve(W2.to(H.device), H, amounts[name], nm, k2.to(H.device))
+                with numerical_step(f"the layer-wise solve of {name}", DAMP_FIX):
+                    W_new, k_new = self._solve(
+                        W2.to(H.device), H, amounts[name], nm, k2.to(H.device)
+                    )
+                    check_finite(name, W_new, "the solve", DAMP_FIX)
                 new[name] = from_matrix(module, tensor, W_new, w.shape).to(w)
                 keep[name] = from_matrix(module, tensor, k_new, w.shape).to(w.device)
             else:  # buffers for the owner's broadcast
