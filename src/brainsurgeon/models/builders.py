@@ -183,8 +183,13 @@ def build_model(
 
 
 def _build(name: str, input_shape, num_classes, kwargs) -> nn.Module:
-    if name == "hf" and name not in MODELS:
-        from . import hf  # noqa: F401  (registers the Hugging Face builder; needs transformers)
+    if name == "hf":  # a Hugging Face model (brainsurgeon import); needs transformers
+        from .hf import hf
+
+        try:
+            return hf(input_shape, num_classes, **kwargs)
+        except TypeError as err:
+            raise ConfigError(f"bad options for a Hugging Face model: {err}") from None
     if name.startswith("mlp:"):
         try:
             return MLP(**{**parse_mlp(name, input_shape, num_classes), **kwargs})

@@ -29,7 +29,6 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, RunDirError
-from .builders import MODELS
 
 HEADS = ("embedding", "classification")
 POOLINGS = ("mean", "cls")
@@ -225,7 +224,6 @@ def _has_pooler(cfg) -> bool:
     return cfg.model_type in ("bert", "roberta", "xlm-roberta", "camembert", "electra_", "ernie")
 
 
-@MODELS.register("hf", "a Hugging Face transformers encoder (brainsurgeon[hf]); see models.hf")
 def hf(
     input_shape,
     num_classes,
