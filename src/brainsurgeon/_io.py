@@ -65,7 +65,9 @@ def recover(path: str | os.PathLike) -> None:
     leaves no ``path``: the old one is put back. A kill after the new one is in place leaves
     ``.NAME.old`` beside it: it is removed. Stale temp entries go too (:func:`sweep_stale`).
     """
-    path = Path(path)
+    path = Path(path).absolute()
+    if not path.name:  # the file-system root: nothing a writer could have moved aside
+        return
     old = path.with_name(f".{path.name}.old")
     if old.exists():
         if not path.exists():

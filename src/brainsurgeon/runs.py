@@ -84,10 +84,19 @@ class Run:
         return cfg
 
 
+#: the extra fields of ``text:FILE`` data (:func:`brainsurgeon.data.embeddings.load_text_data`)
+TEXT_DATA_FIELDS = {
+    "teacher": str, "max_length": int, "calib": int, "val": int, "eval": int, "column": str,
+    "tokenizer": str,
+}  # fmt: skip
+
+
 def _recorded_data(run: Run) -> dict[str, Any]:
     """The run's ``data`` record (``{"name", "seed", "val_size"}``), checked field by field."""
     spec = run.config.get("data", {})
     types = {"name": str, "seed": int, "val_size": int, "progress": bool}
+    if isinstance(spec, dict) and str(spec.get("name", "")).startswith("text:"):
+        types = {**types, **TEXT_DATA_FIELDS}
     bad = not isinstance(spec, dict) or any(
         k not in types or (v is not None and type(v) is not types[k]) for k, v in spec.items()
     )
