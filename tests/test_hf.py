@@ -206,3 +206,64 @@ def test_wrong_input_layout_is_refused(bert):
     with pytest.raises(ConfigError, match=r"\(N, 2, L\)"):
         model(torch.zeros(3, LENGTH, dtype=torch.long))
     assert isinstance(model, HFEncoder)
+
+
+def _full_passes(model, owner, batches):
+    for x, _ in batches:
+        model(x)
+    return 0
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "gptq"])
+def test_calibration_passes_stopped_after_the_layer_give_the_same_result(
+    bert, method, monkeypatch
+):
+    """Sequential SparseGPT and GPTQ stop each calibration forward after the listened-to
+    layer; the oracle runs every forward to the end: identical weights."""
+    import copy
+
+    from brainsurgeon import PruneConfig, prune, quantize
+    from brainsurgeon.curvature import early_stop
+    from brainsurgeon.quantization import quant_config
+    from brainsurgeon.state import make_permanent
+
+    model, _, _ = bert
+    data = _data(model)
+
+    def compress(m):
+        if method == "gptq":
+            cfg = quant_config("gptq", bits=4, exclude=("backbone.embeddings.*",), batch_size=8)
+            quantize(m, cfg, data, loss="cosine")
+        else:
+            cfg = PruneConfig(
+                criterion="layerwise-obs", criterion_options={"method": "sparsegpt"},
+                amount=0.5, scheme="per-layer", exclude=("backbone.embeddings.*",),
+                samples=24, batch_size=8,
+            )  # fmt: skip
+            prune(m, cfg, data, loss="cosine", progress=False)
+        return make_permanent(m).state_dict()
+
+    stopped = []
+    real = early_stop.run_batches
+    monkeypatch.setattr(
+        early_stop, "run_batches", lambda *a: stopped.append(real(*a)) or stopped[-1]
+    )
+    fast = compress(copy.deepcopy(model))
+    assert sum(stopped) > 0  # the early stop was used
+    monkeypatch.setattr(early_stop, "run_batches", _full_passes)
+    slow = compress(copy.deepcopy(model))
+    for k in slow:
+        torch.testing.assert_close(fast[k], slow[k], atol=1e-6, rtol=1e-5)
+
+
+def test_a_layer_called_twice_per_forward_is_never_stopped_early():
+    from brainsurgeon.curvature.early_stop import run_batches
+
+    shared = torch.nn.Linear(3, 3)
+    seen = []
+    shared.register_forward_hook(lambda m, a, o: seen.append(1))
+    model = torch.nn.Sequential(shared, shared)
+    batches = [(torch.randn(2, 3), None)] * 3
+    assert run_batches(model, shared, batches) == 0
+    assert len(seen) == 6
+    assert run_batches(torch.nn.Sequential(shared, torch.nn.ReLU()), shared, batches) == 2

@@ -17,11 +17,13 @@ from torch import Tensor
 
 from ...curvature import LayerInputStats, collect
 from ...curvature.context import finish, weights
+from ...curvature.early_stop import forward_batches
 from ...curvature.layer_inputs import from_matrix, hooks_visible, input_owner, weight_matrix
 from ...curvature.layers import functional_model
 from ...errors import ConfigError, UnsupportedLayerError, check_fraction, check_positive_int
 from ...models.adapters import layout_of
 from ...solvers import damped_inverse_cholesky, layer_obs_update, obc_prune, sparsegpt
+from ...utils import preserved_modes
 from .base import SaliencyContext, Solver, register_criterion
 
 METHODS = ("auto", "obc", "sparsegpt")
@@ -93,6 +95,11 @@ class LayerwiseOBS(Solver):
             for n in names
         }
         try:
+            if len(names) == 1:  # sequential: stop each pass after the one listened-to layer
+                with hooks_visible(), preserved_modes(model, "eval"):
+                    owner = stats[names[0]].owner
+                    forward_batches(model, owner, data, ctx.batch_size, ctx.device)
+                return {n: s.hessian() for n, s in stats.items()}
             with hooks_visible():
                 collect(
                     _Forward(model),

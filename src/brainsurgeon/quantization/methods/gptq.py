@@ -82,11 +82,12 @@ def input_hessian(
     model: nn.Module, layer: LayerPlan, calib: Dataset, device: torch.device, batch_size: int = 256
 ) -> torch.Tensor:
     """``H = 2 X X^T / N`` (float64, ``(cols, cols)``) of the tensor's inputs over ``calib``."""
+    from ...curvature.early_stop import forward_batches
+
     stats = _stats(model, layer).attach()
     try:
         with preserved_modes(model, "eval"), hooks_visible():
-            for x, _ in calib.batches(batch_size, device=device):
-                model(x)
+            forward_batches(model, stats.owner, calib, batch_size, device)
     finally:
         stats.detach()
     return stats.hessian()
@@ -181,7 +182,7 @@ class GPTQ(Quantizer):
                 scale, zero = fit_grid(layer, config, layer.bits)
                 attach(layer, UniformQuant(scale, zero, layer.bits, config.symmetric, layer.coded))
             else:
-                H = input_hessian(model, layer, calib, device)
+                H = input_hessian(model, layer, calib, device, config.batch_size)
                 self.solve_layer(layer, H, config, solve)
         names = [layer.name for layer in layers if id(layer) in rtn_ids]
         if names:
