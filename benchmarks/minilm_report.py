@@ -15,7 +15,7 @@ FIVE_MINUTES = 300.0
 
 
 def _rows(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {r["technique"]: r for r in result.get("rows", [])}
+    return {r["technique"]: r for r in result.get("rows", []) if "error" not in r}
 
 
 def _best(rows, names) -> dict[str, Any] | None:
@@ -74,6 +74,9 @@ def markdown(result: dict[str, Any]) -> str:
     )
     lines = []
     for r in result.get("rows", []):
+        if "error" in r:
+            lines.append(f"| {r['technique']} | failed: {r['error'][:80]} |" + " |" * 9)
+            continue
         lat = r.get("latency") or {}
         wall = r.get("compress_s")
         if wall is not None and "distill_s" in r:

@@ -215,9 +215,7 @@ def _full_passes(model, owner, batches):
 
 
 @pytest.mark.parametrize("method", ["sparsegpt", "gptq"])
-def test_calibration_passes_stopped_after_the_layer_give_the_same_result(
-    bert, method, monkeypatch
-):
+def test_calibration_passes_stopped_after_the_layer_give_the_same_result(bert, method, monkeypatch):
     """Sequential SparseGPT and GPTQ stop each calibration forward after the listened-to
     layer; the oracle runs every forward to the end: identical weights."""
     import copy
