@@ -221,7 +221,7 @@ def build_backbone(config: dict[str, Any], head: str, attn: str = "sdpa") -> nn.
 
 
 def _has_pooler(cfg) -> bool:
-    return cfg.model_type in ("bert", "roberta", "xlm-roberta", "camembert", "electra_", "ernie")
+    return cfg.model_type in ("bert", "roberta", "xlm-roberta", "camembert", "ernie")
 
 
 def hf(
@@ -358,7 +358,9 @@ def hf_layout_files(
             "per-layer head counts or widths); export it as .bsc or ONNX, or load it with "
             "brainsurgeon.load"
         )
-    source = getattr(model, "_brainsurgeon_spec", {}).get("kwargs", {}).get("source")
+    from ..state import spec_of
+
+    source = (spec_of(model) or {}).get("kwargs", {}).get("source")
     files: dict[str, bytes | str] = {f"{prefix}config.json": model.backbone.config.to_json_string()}
     if weights:
         baked = make_permanent(copy.deepcopy(model.backbone))
