@@ -162,10 +162,17 @@ def judge(
     last = lines[-1]
     if not last.startswith("brainsurgeon") or "error:" not in last:
         return "failure", f"the last stderr line is not an error line: {last[:200]!r}"
-    left = [str(p) for p in outputs if p.exists()]
+    left = [str(p) for p in outputs if p.exists() and not _kept_for_resume(p, last)]
     if left:
         return "failure", f"refused but left {left}: {last[:200]}"
     return "refused", last[:300]
+
+
+def _kept_for_resume(path: Path, message: str) -> bool:
+    """A recipe that failed after some steps finished keeps them (``OUT/steps`` only) and
+    says so: that is the promise "a failed step leaves earlier results intact"."""
+    names = {p.name for p in path.iterdir()} if path.is_dir() else set()
+    return names == {"steps"} and "--resume" in message
 
 
 def _where(text: str) -> str:

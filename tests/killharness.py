@@ -278,7 +278,11 @@ def compare_outputs(a: Path, b: Path) -> list[str]:
 
 def _strip(value: Any, root: str) -> Any:
     if isinstance(value, dict):
-        return {k: _strip(v, root) for k, v in value.items() if k not in TIMING_KEYS}
+        return {
+            k: _strip(v, root)
+            for k, v in value.items()
+            if k not in TIMING_KEYS and not k.endswith("_seconds")
+        }
     if isinstance(value, list):
         return [_strip(v, root) for v in value]
     if isinstance(value, str):

@@ -419,3 +419,65 @@ def test_entropy_decoder_panic_is_an_encoding_error(monkeypatch):
     monkeypatch.setattr(constriction.stream.stack, "AnsCoder", panic)
     with pytest.raises(EncodingError, match="capacity overflow"):
         entropy.decode(data, 3, len(symbols))
+
+
+def test_dropout_out_of_range_is_refused(tmp_path):
+    """cli: ``train --model mlp:64-8-10 --model-kwargs '{"dropout":2}'``: was torch's
+    ValueError traceback from ``MLP.__init__`` (final-code CLI run, 1 of 10,000)."""
+    out = tmp_path / "o"
+    argv = ["train", "--model", "mlp:64-8-10", "--epochs", "1", "--out", out]
+    refused([*argv, "--model-kwargs", '{"dropout":2}'], "bad options", "between 0 and 1")
+    assert not out.exists()
+
+
+def test_quantize_twice_in_a_recipe_is_refused_before_training(tmp_path):
+    """recipes: ``steps: [train, quantize: {}, quantize: {}]``: trained, then failed at the
+    second quantize and kept the unfinished run (final-code recipe run, 3 of 10,000); now the
+    order is checked before any step runs."""
+    (tmp_path / "r.yaml").write_text(
+        "data: digits\nmodel: mlp:64-8-10\nreport: false\n"
+        "steps: [{train: {epochs: 1}}, {quantize: {}}, {quantize: {}}]\n"
+    )
+    refused(["run", tmp_path / "r.yaml", "--out", tmp_path / "o"], "steps[2].quantize", "twice")
+    assert not (tmp_path / "o").exists()
+
+
+def test_quantize_of_other_layers_in_a_second_step_is_allowed(tmp_path):
+    (tmp_path / "r.yaml").write_text(
+        "data: digits\nmodel: mlp:64-8-10\nreport: false\nsteps: [{train: {epochs: 1}}, "
+        "{quantize: {layers: [fc1]}}, {quantize: {layers: [fc2]}}]\n"
+    )
+    res = run_main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o"), "--quiet"])
+    assert res.code == 0, res.stderr
+
+
+def test_a_step_failing_after_others_says_they_are_kept(tmp_path):
+    """A failure at run time (not found by validation) keeps the finished steps and says how
+    to continue after them."""
+    (tmp_path / "r.yaml").write_text(
+        "data: digits\nmodel: mlp:64-8-10\nreport: false\nsteps: [{train: {epochs: 1}}, "
+        "{quantize: {layers: [fc1]}}, {quantize: {layers: ['fc*']}}]\n"
+    )
+    line = refused(["run", tmp_path / "r.yaml", "--out", tmp_path / "o"], "already quantized")
+    assert "--resume" in line and "kept" in line
+    assert {p.name for p in (tmp_path / "o").iterdir()} == {"steps"}
+
+
+@pytest.mark.parametrize("spec", ["mlp:64-4000000000-10", "mlp:64-100000000000000-10"])
+def test_a_model_too_big_for_memory_is_refused_before_allocating(tmp_path, spec):
+    out = tmp_path / "o"
+    refused(["train", "--model", spec, "--epochs", "1", "--out", out], "free memory")
+    assert not out.exists()
+
+
+def test_bsc_header_naming_a_huge_model_is_refused(bsc, tmp_path):
+    """files: a re-packed header whose model spec asks for terabytes of weights: was an
+    attempt to allocate them."""
+    from brainsurgeon.container.format import pack, unpack
+
+    c = unpack(bsc.read_bytes())
+    header = json.loads(json.dumps({k: v for k, v in c.header.items() if k != "sections"}))
+    header["model"]["name"] = "mlp:64-100000000000-10"
+    path = tmp_path / "t.bsc"
+    path.write_bytes(pack(header, dict(c.sections)))
+    refused(["inspect", path], "cannot rebuild the model", "free memory")

@@ -35,6 +35,11 @@ def commands(run: Path, recipe: Path) -> dict[str, tuple[list[str], kh.Units]]:
     """name -> (argv without --out, how to count its finished units)."""
     epochs = kh.inode_units(["epochs/fit-*/epoch-*"])
     return {
+        "train": (
+            ["train", "--model", "mlp:64-32-10", "--data", "digits", "--epochs", "4",
+             "--seed", "2"],
+            epochs,
+        ),
         "prune": (
             ["prune", str(run), "--criterion", "magnitude", "--amount", "0.8", "--schedule",
              "iterative", "--rounds", "3", "--finetune-epochs", "1", "--seed", "1"],
@@ -91,7 +96,9 @@ def _check(name, setup, tmp_path, kills: int, seed: int, markers: bool = True) -
     return outcome
 
 
-@pytest.mark.parametrize("name", ["quantize", "distill", "compare", "study", "recipe"])
+@pytest.mark.parametrize(
+    "name", ["train", "quantize", "distill", "compare", "study", "recipe"]
+)
 def test_killed_command_resumes_to_the_same_result(name, setup, tmp_path):
     kills = 1 if name in ("study", "compare") else 2  # their plots make every finish slow
     outcome = _check(name, setup, tmp_path, kills=kills, seed=0)

@@ -82,3 +82,28 @@ def chunk(per_sample: int, default: int, *, what: str, fixed: int = 0) -> int:
             f"raise --max-memory to at least {int(fixed) + int(per_sample):,} bytes"
         )
     return int(min(default, n))
+
+
+def available() -> int | None:
+    """Bytes of memory the system can still give (``MemAvailable``; None where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def human(n: int) -> str:
+    """``1234567890`` -> ``"1.23 GB"``."""
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"

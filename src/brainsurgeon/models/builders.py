@@ -186,30 +186,43 @@ def _build(name: str, input_shape, num_classes, kwargs) -> nn.Module:
     if name == "hf":  # a Hugging Face model (brainsurgeon import); needs transformers
         from .hf import hf
 
-        try:
-            return hf(input_shape, num_classes, **kwargs)
-        except TypeError as err:
-            raise ConfigError(f"bad options for a Hugging Face model: {err}") from None
+        shown = {k: v for k, v in kwargs.items() if k != "config"}
+        return _built_in("hf", shown, lambda: hf(input_shape, num_classes, **kwargs))
     if name.startswith("mlp:"):
-        try:
-            return MLP(**{**parse_mlp(name, input_shape, num_classes), **kwargs})
-        except TypeError as err:
-            raise ConfigError(
-                f"bad options {kwargs} for model {name!r}: {first_line(err)}"
-            ) from None
+        options = {**parse_mlp(name, input_shape, num_classes), **kwargs}
+        return _built_in(name, kwargs, lambda: MLP(**options))
     if name in MODELS:
-        try:
-            return MODELS.get(name)(input_shape, num_classes, **kwargs)
-        except TypeError as err:
-            raise ConfigError(
-                f"bad options {kwargs} for model {name!r}: {first_line(err)}"
-            ) from None
+        return _built_in(
+            name, kwargs, lambda: MODELS.get(name)(input_shape, num_classes, **kwargs)
+        )
     if re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", name):
         return _user_model(name, input_shape, num_classes, dict(kwargs))
     raise ConfigError(
         f"unknown model spec {name!r}; valid: {', '.join(MODELS.names())}, "
         "mlp:IN-H1-...-OUT (e.g. mlp:64-32-10), or package.module:factory"
     )
+
+
+def _built_in(name: str, kwargs: dict[str, Any], make) -> nn.Module:
+    """``make()`` for a built-in model: bad options are a :class:`ConfigError`, and a model
+    whose weights would not fit in the free memory is refused before it is allocated (it is
+    built on the meta device first: a crafted spec cannot exhaust the machine)."""
+    from ..memory import available, human
+
+    try:
+        with torch.device("meta"):
+            probe = make()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"bad options {kwargs} for model {name!r}: {first_line(err)}") from None
+    tensors = [*probe.parameters(), *probe.buffers()]
+    need = sum(t.numel() * t.element_size() for t in tensors)
+    free = available()
+    if free is not None and need > free:
+        raise ConfigError(
+            f"model {name!r} would need {human(need)} for its weights, more than the "
+            f"{human(free)} of free memory; choose smaller layer widths"
+        )
+    return make()
 
 
 def _user_model(name: str, input_shape, num_classes, kwargs) -> nn.Module:

@@ -163,7 +163,11 @@ def _run_step(r: Recipe, i: int, kind: str, options, ctx: StepContext, tmp: Path
         with epoch_checkpoints(*store.epochs(i, options)):
             return _step(kind, options, r.seed + i, ctx, tmp)
     except BrainsurgeonError as err:  # name the step that failed, with its line
-        raise r.error(f"steps[{i}].{kind}", str(err)) from None
+        kept = (
+            f" (steps[0]..steps[{i - 1}] finished and are kept in {store.root}: fix this "
+            "step and rerun with --resume to continue after them)"
+        ) * (i > 0)
+        raise r.error(f"steps[{i}].{kind}", f"{err}{kept}") from None
 
 
 def _start_point(model, data, tmp: Path, base_cfg, history, r: Recipe, files, store):

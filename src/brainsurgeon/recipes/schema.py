@@ -218,12 +218,34 @@ def validate(r: Recipe) -> None:
         )
     for i, step in enumerate(steps):
         _check_step(r, i, step)
+    _check_order(r)
     if "model" in d and r.steps[0][0] != "train":
         raise r.error(
             "steps[0]",
             f"a new model must be trained first: make the first step "
             f"'train', not {r.steps[0][0]!r}",
         )
+
+
+def _check_order(r: Recipe) -> None:
+    """Refuse step orders that would fail after the steps before them ran: a ``quantize``
+    step on tensors an earlier ``quantize`` step already quantized (every tensor when the
+    earlier one names no ``layers`` / ``exclude``, or the same ``layers``)."""
+    covered: list[tuple[int, tuple]] = []  # (index, layers) of earlier quantize steps
+    for i, (kind, options) in enumerate(r.steps):
+        if kind != "quantize":
+            continue
+        layers = tuple(options.get("layers") or ())
+        for j, earlier in covered:
+            if earlier == () or earlier == layers:
+                what = "every tensor" if earlier == () else f"layers {list(earlier)}"
+                raise r.error(
+                    f"steps[{i}].quantize",
+                    f"steps[{j}] already quantizes {what}, and a tensor cannot be "
+                    "quantized twice; merge the two steps, or give each its own 'layers'",
+                )
+        if not options.get("exclude"):
+            covered.append((i, layers))
 
 
 def _check_data(r: Recipe, name: str) -> None:
