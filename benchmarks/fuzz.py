@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ["cli", "recipes", "data", "files"]
+FAMILIES = ["cli", "recipes", "data", "files", "text"]
 
 
 def run_family(family: str, examples: int, record: Path, timeout: float) -> dict:
@@ -64,7 +64,7 @@ def run_family(family: str, examples: int, record: Path, timeout: float) -> dict
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--examples", type=int, default=10000, help="examples per family")
-    p.add_argument("--family", action="append", choices=FAMILIES, help="default: all four")
+    p.add_argument("--family", action="append", choices=FAMILIES, help="default: all five")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fuzz.json"))
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per family")
     args = p.parse_args(argv)
