@@ -151,3 +151,33 @@ def test_onnx_export_of_the_encoder_runs_in_onnxruntime(imported):
     session = make_session((root / "enc-dense.onnx").read_bytes())
     with torch.no_grad():
         torch.testing.assert_close(run_session(session, x), model(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "option, value, fragment",
+    [
+        ("--calib", "0", "--calib must be a positive integer"),
+        ("--eval", "-3", "--eval must be a positive integer"),
+        ("--max-length", "0", "--max-length must be a positive integer"),
+        ("--max-length", "1", "room for [CLS] and [SEP]"),
+        ("--max-length", "100000", "longer than the 64 positions"),
+        ("--eval", "100000", "give more sentences or smaller --calib/--eval"),
+        ("--calib", "x", "invalid int value"),
+    ],
+)
+def test_bad_split_and_length_options_are_refused(imported, tmp_path, option, value, fragment):
+    root, folder, _ = imported
+    argv = ["import", str(folder), "--text", str(SAMPLE), "--calib", "60", "--val", "20",
+            "--eval", "100", "--max-length", "32", "--out", str(tmp_path / "r")]  # fmt: skip
+    argv[argv.index(option) + 1] = value
+    proc = run_cli(*argv)
+    assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_export_format_is_refused(imported, tmp_path):
+    _, _, run = imported
+    proc = run_cli("export", str(run), "--format", "tflite", "--out", str(tmp_path / "m"))
+    assert proc.returncode == 2 and "--format must be bsc, onnx or hf" in proc.stderr
+    assert not (tmp_path / "m").exists()

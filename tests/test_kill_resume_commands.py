@@ -96,9 +96,7 @@ def _check(name, setup, tmp_path, kills: int, seed: int, markers: bool = True) -
     return outcome
 
 
-@pytest.mark.parametrize(
-    "name", ["train", "quantize", "distill", "compare", "study", "recipe"]
-)
+@pytest.mark.parametrize("name", ["train", "quantize", "distill", "compare", "study", "recipe"])
 def test_killed_command_resumes_to_the_same_result(name, setup, tmp_path):
     kills = 1 if name in ("study", "compare") else 2  # their plots make every finish slow
     outcome = _check(name, setup, tmp_path, kills=kills, seed=0)

@@ -123,3 +123,13 @@ def test_existing_out_is_refused_without_force(trained_run, tmp_path):
     assert_clean_error(
         run_cli("quantize", str(tmp_path / "nope"), "--out", str(tmp_path / "o")), "does not exist"
     )
+
+
+@pytest.mark.parametrize("flag, sequential", [("--sequential", True), ("--no-sequential", False)])
+def test_gptq_sequential_can_be_switched_off(trained_run, tmp_path, flag, sequential):
+    """``sequential`` defaults to True, so the flag has a ``--no-`` form."""
+    out = tmp_path / "g"
+    run_cli("quantize", str(trained_run), "--method", "gptq", "--bits", "4", flag,
+            "--samples", "64", "--out", str(out), "--quiet", check=True)  # fmt: skip
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["compression"]["quantization"]["config"]["sequential"] is sequential

@@ -37,10 +37,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="sentences: a .txt, .jsonl or .csv file, or a fetched corpus name (bbc-news, ...)",
     )  # fmt: skip
     p.add_argument("--column", default=None, help="the text column of a .jsonl/.csv file")
-    p.add_argument("--calib", type=int, default=512, help="calibration sentences (train split)")
-    p.add_argument("--val", type=int, default=128, help="validation sentences")
-    p.add_argument("--eval", type=int, default=2000, help="evaluation sentences (test split)")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per sentence")
+    p.add_argument(
+        "--calib",
+        type=int,
+        default=512,
+        help="calibration sentences, the train split (default: 512)",
+    )
+    p.add_argument("--val", type=int, default=128, help="validation sentences (default: 128)")
+    p.add_argument(
+        "--eval",
+        type=int,
+        default=2000,
+        help="evaluation sentences, the test split (default: 2000)",
+    )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=128,
+        help="tokens per sentence, at most the model's positions (default: 128)",
+    )
     p.add_argument("--out", default=None, help="run directory (default runs/<model name>)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     add_common(p)

@@ -55,7 +55,7 @@ HELP = {
     "1e-3 product, 1e-2 uniform/binary/ternary/gptq)",
     "batch_size": "fine-tune batch size",
     "max_memory": "memory budget of the statistics chunks, e.g. 2GB or 512MiB (default: none)",
-    "sequential": "gptq: calibrate each tensor on the already quantized ones (default)",
+    "sequential": "gptq: calibrate each tensor on the already quantized ones",
     "calibration": "gptq sequential: auto | blockwise | whole (blocks one at a time, or the "
     "whole model per tensor)",
     "granularity": "per-channel | per-tensor scales",
@@ -103,8 +103,8 @@ def _add_option(p: argparse.ArgumentParser, name: str, spec: dict[str, Any], eve
         "default": argparse.SUPPRESS,
         "help": HELP.get(name, name) + shown + where,
     }
-    if hint is bool:
-        kw["action"] = "store_true"
+    if hint is bool:  # a field that defaults to True gets --no-NAME too
+        kw["action"] = argparse.BooleanOptionalAction if default is True else "store_true"
     elif typing.get_origin(hint) in (tuple, dict):
         kw["metavar"] = "NAME=BITS,..." if typing.get_origin(hint) is dict else "PATTERN,..."
     else:

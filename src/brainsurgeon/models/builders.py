@@ -192,9 +192,7 @@ def _build(name: str, input_shape, num_classes, kwargs) -> nn.Module:
         options = {**parse_mlp(name, input_shape, num_classes), **kwargs}
         return _built_in(name, kwargs, lambda: MLP(**options))
     if name in MODELS:
-        return _built_in(
-            name, kwargs, lambda: MODELS.get(name)(input_shape, num_classes, **kwargs)
-        )
+        return _built_in(name, kwargs, lambda: MODELS.get(name)(input_shape, num_classes, **kwargs))
     if re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", name):
         return _user_model(name, input_shape, num_classes, dict(kwargs))
     raise ConfigError(

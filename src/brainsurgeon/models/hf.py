@@ -257,6 +257,12 @@ def load_pretrained(
 
     path = Path(path).expanduser().resolve()
     config = read_hf_config(path)
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    if isinstance(positions, int) and int(max_length) > positions:
+        raise ConfigError(
+            f"max_length {max_length} is longer than the {positions} positions the model has "
+            f"(max_position_embeddings in {path / 'config.json'}); use at most {positions}"
+        )
     weights = _weights_file(path)
     st_pool, st_norm = _sentence_transformers_options(path)
     pooling = pooling or st_pool
