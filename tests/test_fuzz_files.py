@@ -113,7 +113,8 @@ def json_damage(draw, doc):
         paths = list(_paths_in(doc))
         path = draw(st.sampled_from(paths))
         delete = bool(path) and draw(st.integers(0, 3)) == 0
-        doc = _set(doc, path, draw(st.sampled_from(JUNK)), delete=delete)
+        junk = copy.deepcopy(draw(st.sampled_from(JUNK)))  # never the shared object
+        doc = _set(doc, path, junk, delete=delete)
         if not isinstance(doc, dict | list):
             break
     return doc
