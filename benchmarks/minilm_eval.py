@@ -41,8 +41,14 @@ class Splits:
     sizes: dict[str, int]
 
     def bundle(self, calib: int) -> DataBundle:
-        """Calibration = the first ``calib`` sentences of the calibration split."""
-        train = Dataset(self.x["calib"][:calib], self.y["calib"][:calib])
+        """Calibration = the first ``calib`` sentences of the calibration split (past its
+        512: continued from the ``extra`` split, which comes after ``clf``)."""
+        x, y = self.x["calib"], self.y["calib"]
+        if calib > len(x) and "extra" in self.x:
+            x, y = torch.cat([x, self.x["extra"]]), torch.cat([y, self.y["extra"]])
+        if calib > len(x):
+            raise ValueError(f"only {len(x)} calibration sentences; asked for {calib}")
+        train = Dataset(x[:calib], y[:calib])
         return DataBundle(
             name="bbc-news",
             train=train,
@@ -61,7 +67,9 @@ def load_splits(teacher: nn.Module, folder, sizes: dict[str, int], seed: int = 0
     )
     order = np.random.default_rng(seed).permutation(len(table))
     x, y, labels, start = {}, {}, {}, 0
-    for name in ("eval", "val", "calib", "clf"):
+    for name in ("eval", "val", "calib", "clf", "extra"):  # extra: more calibration text
+        if name not in sizes:
+            continue
         rows = order[start : start + sizes[name]]
         start += sizes[name]
         part = table.take(rows)

@@ -481,3 +481,21 @@ def test_bsc_header_naming_a_huge_model_is_refused(bsc, tmp_path):
     path = tmp_path / "t.bsc"
     path.write_bytes(pack(header, dict(c.sections)))
     refused(["inspect", path], "cannot rebuild the model", "free memory")
+
+
+def test_prune_out_a_file_with_force_is_refused(trained_run, tmp_path):
+    """cli: ``prune RUN --out FILE --force``: was NotADirectoryError from clearing the round
+    store (final-code CLI run, 2 of 10,000); the file is kept."""
+    (tmp_path / "file.txt").write_text("x")
+    refused(["prune", trained_run, "--out", tmp_path / "file.txt", "--samples", "32", "--force"],
+            "is a file, not a run directory")  # fmt: skip
+    assert (tmp_path / "file.txt").read_text() == "x"
+
+
+def test_huge_shift_is_refused(tmp_path):
+    """cli: ``train --shift 99999999999999999999``: was torch's "Overflow when unpacking long
+    long" ValueError in the augmentation (final-code CLI run, 1 of 10,000)."""
+    out = tmp_path / "o"
+    argv = ["train", "--model", "mlp:64-8-10", "--epochs", "1", "--out", out]
+    refused([*argv, "--shift", "99999999999999999999"], "shift must be 0..1024 pixels")
+    assert not out.exists()

@@ -33,6 +33,11 @@ def check_out_dir(path: str | Path, *, resume: bool, force: bool) -> None:
     path = Path(path)
     if path.parent.is_dir():
         recover(path)  # a run killed while writing its final folder
+    if path.exists() and not path.is_dir():
+        raise RunDirError(
+            f"{path} is a file, not a run directory (--force replaces folders only); "
+            "choose another --out"
+        )
     if not path.exists() or force and not resume:
         return
     finished, partial = (path / runs.CONFIG_FILE).exists(), (path / ROUNDS_DIR).is_dir()

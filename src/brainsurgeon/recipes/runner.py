@@ -68,6 +68,8 @@ def run_recipe(
     out = Path(out_dir)
     if out.parent.is_dir():
         recover(out)  # a run killed while writing its final folder
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out} is a file, not a folder (--force replaces folders only)")
     store = StepStore(out, r.data)
     if resume and (out / "result.json").exists():
         return json.loads((out / "result.json").read_text())

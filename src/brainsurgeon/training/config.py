@@ -10,6 +10,7 @@ from ..errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "step", "cosine")
+MAX_SHIFT = 1024  # pixels; more than any image side this library trains on
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,10 @@ class TrainConfig(TrainOptions):
             )
         if not self.lr > 0:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
-        if self.shift < 0:
-            raise ConfigError(f"shift must be >= 0 pixels, got {self.shift}; e.g. --shift 2")
+        if not 0 <= self.shift <= MAX_SHIFT:
+            raise ConfigError(
+                f"shift must be 0..{MAX_SHIFT} pixels (a few: 2 for MNIST), got {self.shift}"
+            )
         for name in ("weight_decay", "l1", "l2", "momentum", "noise", "max_norm"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
