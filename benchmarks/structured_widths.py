@@ -9,6 +9,8 @@ saved as a run under ``runs/bench/structured-lenet300-<widths>``; ``--only-laten
 those runs and only times. Latency: dense and shrunk on the *same* runtime (eager, TorchScript
 frozen, onnxruntime ``run`` and onnxruntime with bound buffers), all interleaved in rounds on
 one thread; the fastest of the rounds' medians is kept, ``speedup = dense / shrunk``.
+``--floor`` also times a 784-1-1-10 model with the same layers: its speedup bounds what any
+shrinking can reach on that runtime (the per-call cost that does not depend on the widths).
 
     python benchmarks/structured_widths.py [--only-latency] [--rounds 5]
 
@@ -94,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only-latency", action="store_true", help="reuse the cached runs")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     ap.add_argument("--widths", nargs="*", default=list(WIDTHS), choices=list(WIDTHS))
+    ap.add_argument(
+        "--floor", action="store_true", help="also time a 784-1-1-10 model: the per-call floor"
+    )
     args = ap.parse_args(argv)
     from structured_latency import latency_table
 
@@ -120,6 +125,19 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in lat["runtimes"].items()
             )
         )
+    floor = None
+    if args.floor:  # the narrowest model with the same layers: what no shrinking goes below
+        small = bs.build_model("mlp:784-1-1-10", data.input_shape, data.num_classes)
+        lat = latency_table(dense, small, data.input_shape, rounds=args.rounds)
+        floor = {"widths": "784-1-1-10 (per-call floor)", "latency": lat}
+        say(
+            "floor: the largest b1 speedup any shrinking can give: "
+            + ", ".join(
+                f"{k} {v['speedup_b1']:.2f}x (min {v['speedup_min_b1']:.2f}x, paired "
+                f"{v['speedup_paired_b1']:.2f}x)"
+                for k, v in lat["runtimes"].items()
+            )
+        )
     out = {
         "benchmark": "structured_widths",
         "seed": SEED,
@@ -127,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "dense_accuracy": dense_acc,
         "target": CASES["lenet300"]["target"],
         "rows": rows,
+        "floor": floor,
         "loadavg": os.getloadavg(),
         "note": "dense and shrunk timed on the same runtime, interleaved in rounds on a "
         "shared 2-core machine; fastest of the rounds' medians; re-run when quiet",

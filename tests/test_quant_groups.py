@@ -79,3 +79,43 @@ def test_group_size_needs_per_channel_and_a_sane_value():
         quant_config("uniform", group_size=8, granularity="per-tensor")
     with pytest.raises(ConfigError, match=">= 0"):
         quant_config("gptq", group_size=-1)
+
+
+def test_act_order_is_gptq_on_the_permuted_problem():
+    """Oracle: act_order equals plain GPTQ on columns sorted by decreasing H_jj, unpermuted;
+    the quantizer sees original column indices (static group grids stay put)."""
+    from brainsurgeon.solvers import gptq
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(400, 16, generator=g) * torch.linspace(0.1, 3.0, 16)  # unequal energies
+    H = 2 * X.T @ X / X.shape[0]
+    W = torch.randn(6, 16, generator=g)
+    keep = torch.rand(6, 16, generator=g) > 0.3
+    seen = []
+
+    def quant(col, j):
+        seen.append(j)
+        step = 0.25 * (1 + j % 4)  # a grid that depends on the original column
+        return torch.round(col / step) * step
+
+    got = gptq(W, H, quant, keep=keep, act_order=True, block_size=5)
+    perm = torch.argsort(torch.diagonal(H), descending=True, stable=True)
+    assert seen == perm.tolist()
+    want = gptq(W[:, perm], H[perm][:, perm], lambda c, j: quant(c, int(perm[j])),
+                keep=keep[:, perm], block_size=5)[:, torch.argsort(perm)]  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not got[~keep].any()
+
+
+def test_act_order_through_the_config_lies_on_the_group_grids():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(512, 32, generator=g) @ torch.randn(32, 32, generator=g)
+    X[:, 3] *= 20  # an outlier input feature
+    layer = nn.Linear(32, 12)
+    H = 2 * X.T @ X / X.shape[0]
+    from brainsurgeon.solvers import gptq as solve
+
+    config = GPTQConfig(bits=3, group_size=8, act_order=True)
+    GPTQ.solve_layer(LayerPlan("fc", layer, 3), H, config, solve)
+    Wq = layer.weight.detach()
+    torch.testing.assert_close(layer.parametrizations.weight[0](Wq), Wq, atol=1e-6, rtol=0)

@@ -56,6 +56,7 @@ HELP = {
     "batch_size": "fine-tune batch size",
     "max_memory": "memory budget of the statistics chunks, e.g. 2GB or 512MiB (default: none)",
     "sequential": "gptq: calibrate each tensor on the already quantized ones",
+    "act_order": "gptq: fix columns in order of decreasing input energy H_jj (desc_act)",
     "calibration": "gptq sequential: auto | blockwise | whole (blocks one at a time, or the "
     "whole model per tensor)",
     "granularity": "per-channel | per-tensor scales",

@@ -4,7 +4,8 @@ place of 0 (OBQ), one column order shared by every row.
 Columns of ``W`` (rows, cols) are fixed left to right; each column's error is propagated to
 the columns on its right through the upper Cholesky factor ``U`` of ``H^-1`` (``U^T U =
 H^-1``, ``H = 2 X X^T / N``), inside a block of 128 columns at once and to the rest of the
-matrix once per block (lazy batch updates).
+matrix once per block (lazy batch updates). ``act_order`` fixes the columns in order of
+decreasing ``H_jj`` instead.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def gptq(
     block_size: int = 128,
     damp: float = 0.01,
     keep: Tensor | None = None,
+    act_order: bool = False,
 ) -> Tensor:
     """GPTQ: quantize ``W`` column by column, compensating each error with the rest (OBQ).
 
@@ -45,11 +47,26 @@ def gptq(
     ``quantize(col (rows,), j) -> (rows,)`` returns the quantized values of column ``j`` (set
     its scales from ``W`` beforehand). ``keep`` (rows, cols) bool: entries where it is False
     are forced to exactly 0 (pruned weights stay pruned). With ``e = (w_j - q_j) / U_jj`` the
-    columns to the right receive ``W[:, j:] -= e U[j, j:]``. Returns ``W_q`` (rows, cols) in
-    ``W``'s dtype.
+    columns to the right receive ``W[:, j:] -= e U[j, j:]``. ``act_order``: fix the columns
+    in order of decreasing ``H_jj`` (the inputs with the most energy first, while the most
+    columns are left to absorb their error; "desc_act" in AutoGPTQ); ``quantize`` still gets
+    the original column index, so static group grids stay those of the original columns.
+    Returns ``W_q`` (rows, cols) in ``W``'s dtype.
     """
     if int(block_size) < 1:
         raise ConfigError(f"block_size must be a positive number of columns, got {block_size}")
+    if act_order:
+        perm = torch.argsort(torch.diagonal(H), descending=True, stable=True).to(W.device)
+        inverse = torch.argsort(perm)
+        Wq = gptq(
+            W[:, perm],
+            H[perm][:, perm],
+            lambda col, j: quantize(col, int(perm[j])),
+            block_size=block_size,
+            damp=damp,
+            keep=None if keep is None else keep[:, perm],
+        )
+        return Wq[:, inverse]
     work, H = as_work(W, H)
     U, dead = damped_inverse_cholesky(H, damp)
     work[:, dead] = 0.0

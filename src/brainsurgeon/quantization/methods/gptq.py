@@ -53,7 +53,9 @@ class GPTQConfig(GridOptions):
     GPTQ paper does; False: every ``H`` from one pass over the unquantized model);
     ``calibration`` (sequential): ``blockwise`` runs the model's chain of blocks one at a
     time on stored activations (:mod:`brainsurgeon.curvature.blockwise`), ``whole`` runs
-    the whole model once per tensor, ``auto`` blockwise where a chain is found.
+    the whole model once per tensor, ``auto`` blockwise where a chain is found;
+    ``act_order``: fix each tensor's columns in order of decreasing ``H_jj`` (AutoGPTQ's
+    desc_act; helps models with outlier input features).
     """
 
     METHOD: ClassVar[str] = "gptq"
@@ -65,6 +67,7 @@ class GPTQConfig(GridOptions):
     unhooked: str = "error"
     sequential: bool = True
     calibration: str = "auto"
+    act_order: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -233,7 +236,7 @@ class GPTQ(Quantizer):
             return fake_quantize(col, s.to(col), z.to(col), bits, symmetric)
 
         keep = None if layer.keep is None else as_matrix(layer.keep)
-        Wq = solve(W, H.to(W), quant, damp=config.damp, keep=keep)
+        Wq = solve(W, H.to(W), quant, damp=config.damp, keep=keep, act_order=config.act_order)
         with torch.no_grad():
             original(layer.module, layer.tensor).copy_(Wq.reshape(layer.weight.shape))
         attach(layer, _grid_quant(layer, scale, zero, config))
