@@ -1,7 +1,7 @@
 """How much calibration text the layer-wise solvers need on all-MiniLM-L6-v2.
 
     PYTHONPATH=src python benchmarks/minilm_calibration.py [--calib 128,512,2048,8192]
-        [--methods sparsegpt-50,sparsegpt-2:4,gptq-4,gptq-4-g64] [--damp 0.01]
+        [--methods sparsegpt-50,sparsegpt-2:4,gptq-4,gptq-4-g64,gptq-4-g64-act] [--damp 0.01]
 
 For each method and calibration size: mean cosine to the original's embeddings on the 2,000
 held-out bbc-news sentences of benchmarks/minilm.py (same seed, same splits; calibration
@@ -51,10 +51,10 @@ def compress(method: str, model, data, calib: int, damp: float) -> None:
         bs.prune(model, cfg, data, loss="cosine", progress=False)
         return
     if method.startswith("gptq"):
-        parts = method.split("-")  # gptq-4 | gptq-4-g64
-        group = int(parts[2][1:]) if len(parts) > 2 else None
+        parts = method.split("-")  # gptq-4 | gptq-4-g64 | gptq-4-g64-act | gptq-4-act
+        group = next((int(p[1:]) for p in parts[2:] if p.startswith("g")), None)
         cfg = quant_config("gptq", bits=int(parts[1]), exclude=EMB, samples=calib, damp=damp,
-                           group_size=group)  # fmt: skip
+                           group_size=group, act_order="act" in parts[2:])  # fmt: skip
         bs.quantize(model, cfg, data, loss="cosine")
         return
     raise SystemExit(f"unknown method {method!r}")

@@ -126,7 +126,7 @@ def test_nan_loss_is_a_clear_error(digits):
         (dict(optimizer="rmsprop"), "unknown optimizer 'rmsprop'; valid: sgd, adam"),
         (dict(lr=0), "learning rate must be > 0"),
         (dict(schedule="linear"), "unknown lr schedule"),
-        (dict(shift=-1), "shift must be >= 0 pixels, got -1"),
+        (dict(shift=-1), "shift must be 0..1024 pixels"),
         (dict(noise=-0.1), "noise must be >= 0"),
         (dict(max_norm=-1.0), "max_norm must be >= 0"),
     ],
@@ -143,3 +143,17 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="sees no CUDA GPU; use --device cpu"):
             resolve_device("cuda")
+
+
+def test_a_model_with_nothing_to_train_is_refused():
+    """Every parameter frozen: training would change nothing and say nothing (a benchmark
+    once "distilled" a frozen copy of its teacher)."""
+    from brainsurgeon import build_model
+    from brainsurgeon.errors import ConfigError
+    from brainsurgeon.training import TrainConfig, fit
+
+    model = build_model("mlp:4-3-2", (4,), 2).requires_grad_(False)
+    data = (torch.randn(16, 4), torch.randint(0, 2, (16,)))
+    with pytest.raises(ConfigError, match="nothing to train"):
+        fit(model, data, TrainConfig(epochs=1), progress=False)
+    fit(model, data, TrainConfig(epochs=0), progress=False)  # no epochs: nothing to refuse

@@ -117,6 +117,15 @@ def lp_penalty(l1: float = 0.0, l2: float = 0.0) -> Penalty:
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over ``params``; refuses when none of them can be trained
+    (all ``requires_grad=False``: training would silently change nothing)."""
+    params = list(params)
+    tensors = [q for g in params for q in (g["params"] if isinstance(g, dict) else [g])]
+    if config.epochs > 0 and not any(p.requires_grad for p in tensors):
+        raise ConfigError(
+            "nothing to train: every parameter has requires_grad=False, so training would "
+            "change nothing; unfreeze what should learn (p.requires_grad_(True))"
+        )
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
