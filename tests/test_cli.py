@@ -78,7 +78,8 @@ def test_errors_are_one_line_exit_2(tmp_path, trained_run):
         run_cli("train", "--epochs", "-3", "--out", str(tmp_path / "b")), "epochs must be >= 0"
     )
     assert_clean_error(
-        run_cli("train", "--shift", "-2", "--out", str(tmp_path / "c")), "shift must be 0..1024 pixels"
+        run_cli("train", "--shift", "-2", "--out", str(tmp_path / "c")),
+        "shift must be 0..1024 pixels",
     )
     assert_clean_error(
         run_cli("evaluate", str(trained_run), "--device", "tpu"), "unknown device 'tpu'"
