@@ -68,7 +68,7 @@ def load_splits(teacher: nn.Module, folder, sizes: dict[str, int], seed: int = 0
     order = np.random.default_rng(seed).permutation(len(table))
     x, y, labels, start = {}, {}, {}, 0
     for name in ("eval", "val", "calib", "clf", "extra"):  # extra: more calibration text
-        if name not in sizes:
+        if not sizes.get(name):
             continue
         rows = order[start : start + sizes[name]]
         start += sizes[name]
