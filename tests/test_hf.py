@@ -225,7 +225,7 @@ def test_wrong_input_layout_is_refused(bert):
 
 def test_a_pruned_model_saves_as_a_transformers_folder(bert, tmp_path):
     from brainsurgeon import PruneConfig, prune
-    from brainsurgeon.models.hf import save_pretrained
+    from brainsurgeon.models.hf_layout import save_pretrained
 
     model, _, _ = bert
     prune(model, PruneConfig(amount=0.5, exclude=("backbone.embeddings.*",)), progress=False)
@@ -243,7 +243,7 @@ def test_a_pruned_model_saves_as_a_transformers_folder(bert, tmp_path):
 
 
 def test_a_shrunk_model_is_not_a_transformers_folder(bert, tmp_path):
-    from brainsurgeon.models.hf import save_pretrained
+    from brainsurgeon.models.hf_layout import save_pretrained
     from brainsurgeon.structured import find_groups, shrink
 
     model, _, _ = bert

@@ -179,7 +179,7 @@ def save(
     cfg.update(_placement(model))
     files = dict(files or {})
     if spec.get("name") == "hf":  # its transformers config and tokenizer files: RUN/hf/
-        from .models.hf import hf_layout_files
+        from .models.hf_layout import hf_layout_files
 
         files.update(hf_layout_files(model, cfg["edits"]))
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}

@@ -79,7 +79,7 @@ def resolve_format(args: argparse.Namespace) -> str:
 
 def run_hf(args: argparse.Namespace, out: Path) -> int:
     """``--format hf``: the run's model, baked, in the layout transformers loads."""
-    from ..models.hf import save_pretrained
+    from ..models.hf_layout import save_pretrained
     from ..runs import load_run
 
     run = load_run(args.run)

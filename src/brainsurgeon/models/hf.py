@@ -28,20 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, RunDirError
+from ..errors import ConfigError
 
 HEADS = ("embedding", "classification")
 POOLINGS = ("mean", "cls")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-    "merges.txt",
-    "vocab.json",
-    "sentencepiece.bpe.model",
-    "spiece.model",
-)
 
 
 def transformers_module():
@@ -330,89 +320,12 @@ def is_hf(model: nn.Module) -> bool:
     return isinstance(model, HFEncoder)
 
 
-def tokenizer_source(spec: dict[str, Any], run_dir: Path | None = None) -> Path:
-    """The folder with the tokenizer files: the run's own ``hf/`` copy, else the source."""
-    if run_dir is not None and (run_dir / "hf" / "tokenizer_config.json").exists():
-        return run_dir / "hf"
-    source = spec.get("kwargs", {}).get("source")
-    if source and Path(source).is_dir():
-        return Path(source)
-    raise RunDirError(
-        "the tokenizer of this Hugging Face run is gone (neither RUN/hf/ nor the original "
-        f"model folder {source} exists); pass --tokenizer DIR"
-    )
-
-
-def hf_layout_files(
-    model: HFEncoder, edits: list[dict[str, Any]], *, weights: bool = False, prefix: str = "hf/"
-) -> dict[str, bytes | str]:
-    """Files of the layout ``transformers.AutoModel.from_pretrained(folder)`` reads: the
-    config and tokenizer files, and with ``weights`` a ``model.safetensors`` with masks and
-    quantizers baked in. A run directory keeps ``hf/`` without weights (its own
-    ``model.safetensors`` holds them, masks included); ``export --format hf`` writes all.
-    Raises when an architecture edit (shrink, factorization) makes the layout impossible."""
-    import copy
-
-    from safetensors.torch import save
-
-    from ..state import make_permanent
-
-    if edits and weights:
-        kinds = sorted({e.get("kind", "?") for e in edits})
-        raise ConfigError(
-            f"transformers cannot express this model's architecture edits ({', '.join(kinds)}: "
-            "per-layer head counts or widths); export it as .bsc or ONNX, or load it with "
-            "brainsurgeon.load"
-        )
-    from ..state import spec_of
-
-    source = (spec_of(model) or {}).get("kwargs", {}).get("source")
-    files: dict[str, bytes | str] = {f"{prefix}config.json": model.backbone.config.to_json_string()}
-    if weights:
-        baked = make_permanent(copy.deepcopy(model.backbone))
-        tensors = {k: v.detach().cpu().contiguous() for k, v in baked.state_dict().items()}
-        files[f"{prefix}model.safetensors"] = save(tensors, metadata={"format": "pt"})
-    if source and Path(source).is_dir():
-        for name in TOKENIZER_FILES:
-            f = Path(source) / name
-            if f.exists():
-                files[f"{prefix}{name}"] = f.read_bytes()
-    return files
-
-
 __all__ = [
     "HEADS",
     "HFEncoder",
     "build_backbone",
-    "hf_layout_files",
     "is_hf",
     "load_pretrained",
     "read_hf_config",
-    "save_pretrained",
-    "tokenizer_source",
     "transformers_module",
 ]
-
-
-def save_pretrained(model: HFEncoder, folder: str | os.PathLike, *, force: bool = False) -> Path:
-    """Write ``model`` (masks and quantizers baked in) as a folder that
-    ``transformers.AutoModel.from_pretrained(folder)`` loads: config, weights, tokenizer files.
-    Written atomically; refused when an architecture edit makes it impossible."""
-    from .._io import atomic_dir
-    from ..state import edits_of
-
-    if not isinstance(model, HFEncoder):
-        raise ConfigError(
-            f"--format hf needs a Hugging Face model (brainsurgeon import), got "
-            f"{type(model).__name__}; export it as .bsc or ONNX instead"
-        )
-    files = hf_layout_files(model, edits_of(model), weights=True, prefix="")
-    path = Path(folder)
-    with atomic_dir(path, force=force) as tmp:
-        for name, content in files.items():
-            target = tmp / name
-            if isinstance(content, bytes):
-                target.write_bytes(content)
-            else:
-                target.write_text(content)
-    return path

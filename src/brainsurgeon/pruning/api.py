@@ -20,15 +20,15 @@ from torch import nn
 
 from .. import memory, state
 from ..data.core import DataLike, Dataset, as_dataset
-from ..errors import ConfigError, UnsupportedLayerError
+from ..errors import ConfigError
 from ..losses import LossFn, LossLike, resolve_loss
-from ..models.adapters import Targets, compressible, left_dense, supported_types
-from ..models.adapters.tensors import layout_rule
+from ..models.adapters import Targets, compressible, left_dense
 from ..training.evaluation import task_loss
 from ..utils import preserved_modes, require_finite, resolve_device
 from .config import PruneConfig
 from .criteria import CRITERIA, Criterion, make_criterion
 from .iterative import tune_and_measure, unchanged_on_error
+from .layer_plan import interpolate, tensor_layer_plan, unit_layer_plan
 from .schedules import plan
 from .selection import sparsity, total_sparsity
 from .step import current_masks, make_context, prune_step
@@ -190,7 +190,7 @@ def plan_prune(
     sparsities = plan(
         config.schedule, config.amount, config.rounds, config.initial_amount, config.spacing
     )
-    layer_plan = _layer_plan(config, targets, model)
+    layer_plan = tensor_layer_plan(config, targets, model)
     n_params = sum(p.numel() for p in model.parameters())
     return PrunePlan(
         config, crit, targets, sparsities, layer_plan, loss, resolve_loss(loss),
@@ -254,35 +254,11 @@ def _plan_units(model: nn.Module, config: PruneConfig, data, loss) -> PrunePlan:
         config.schedule, config.amount, config.rounds, config.initial_amount, config.spacing
     )
     n_params = sum(p.numel() for p in model.parameters())
-    layer_plan = _unit_layer_plan(config, groups)
+    layer_plan = unit_layer_plan(config, groups)
     return PrunePlan(
         config, crit, targets, sparsities, layer_plan, loss, resolve_loss(loss), n_params, {},
         groups,
     )  # fmt: skip
-
-
-def _unit_layer_plan(config: PruneConfig, groups) -> list[dict[str, float]] | None:
-    """Per-round fractions of units per group for ``layer_sparsity`` (keys: group names such
-    as ``fc1``; unlisted groups take ``amount``); None without it."""
-    if config.layer_sparsity is None:
-        return None
-    names = [g.name for g in groups]
-    wanted = {}
-    for key, value in config.layer_sparsity.items():
-        name = key.removesuffix(".weight")
-        if name not in names:
-            raise ConfigError(
-                f"layer_sparsity names {key!r}, which is not a {config.granularity} group; "
-                f"groups: {', '.join(names)}"
-            )
-        wanted[name] = float(value)
-    per_group = {
-        n: plan(config.schedule, a, config.rounds, config.initial_amount, config.spacing)
-        if a > 0
-        else [0.0] * config.rounds
-        for n, a in ((n, wanted.get(n, config.amount)) for n in names)
-    }
-    return [{n: p[r] for n, p in per_group.items()} for r in range(config.rounds)]
 
 
 def result_of(prepared: PrunePlan, records: list[dict[str, Any]]) -> PruneResult:
@@ -321,7 +297,7 @@ def _round(model, prepared: PrunePlan, r: int, data, device, progress) -> dict[s
         for j in range(1, config.obs_steps + 1):
             frac = j / config.obs_steps
             amount = prev + (target - prev) * frac
-            layers = _interpolate(prepared.layer_plan, r, frac)
+            layers = interpolate(prepared.layer_plan, r, frac)
             if amount <= 0 and not layers:
                 continue
             step = prune_step(
@@ -357,43 +333,6 @@ def _chosen(crit: Criterion) -> dict[str, Any]:
         return {}
     block = crit.chosen_block_size_
     return {"obs_inverse": "exact" if block is None else f"WoodFisher blocks of {block}"}
-
-
-def _layer_plan(config: PruneConfig, targets: Targets, model) -> list[dict[str, float]] | None:
-    """Per-round per-tensor targets for ``layer_sparsity`` (None without it)."""
-    if config.layer_sparsity is None:
-        return None
-    wanted = {}
-    for key, value in config.layer_sparsity.items():
-        name = key if key in targets else f"{key}.weight"
-        if name not in targets:
-            module = dict(model.named_modules()).get(key.removesuffix(".weight"))
-            if module is not None and layout_rule(module) is None:
-                raise UnsupportedLayerError(
-                    f"layer_sparsity names {key!r}, a {type(module).__name__}: not a "
-                    f"compressible layer (supported: {', '.join(supported_types())}); "
-                    f"eligible: {', '.join(targets)}"
-                )
-            raise ConfigError(
-                f"layer_sparsity names {key!r}, which is not an eligible tensor; "
-                f"eligible: {', '.join(targets)}"
-            )
-        wanted[name] = float(value)
-    finals = {n: wanted.get(n, config.amount) for n in targets}
-    per_layer = {
-        n: plan(config.schedule, a, config.rounds, config.initial_amount, config.spacing)
-        if a > 0
-        else [0.0] * config.rounds
-        for n, a in finals.items()
-    }
-    return [{n: p[r] for n, p in per_layer.items()} for r in range(config.rounds)]
-
-
-def _interpolate(layer_plan, r: int, frac: float) -> dict[str, float] | None:
-    if layer_plan is None:
-        return None
-    prev = layer_plan[r - 2] if r > 1 else {n: 0.0 for n in layer_plan[0]}
-    return {n: prev[n] + (a - prev[n]) * frac for n, a in layer_plan[r - 1].items()}
 
 
 def _calibration(data, samples: int, seed: int, criterion: str, needs: bool) -> Dataset | None:
