@@ -78,7 +78,7 @@ def t_sparsegpt_24(m, d, c):
     bs.prune(m, sparsegpt(d, c, nm=(2, 4)), d, loss="cosine", progress=False)
 
 
-def _gptq(bits, group=None, act_order=False):
+def _gptq(bits, group=0, act_order=False):
     def run(m, d, c):
         cfg = quant_config("gptq", bits=bits, exclude=EMB, samples=c, group_size=group,
                            act_order=act_order)  # fmt: skip
@@ -140,6 +140,7 @@ TECHNIQUES = {  # name -> (function, calibration sentences, description)
     "gptq-3": (_gptq(3), 128, "GPTQ 3-bit per-channel (no group size), encoder"),
     "gptq-4-g128-act": (_gptq(4, 128, True), 512, "GPTQ 4-bit, groups of 128, act-order"),
     "gptq-3-g128-act": (_gptq(3, 128, True), 512, "GPTQ 3-bit, groups of 128, act-order"),
+    "gptq-4-g32-act": (_gptq(4, 32, True), 512, "GPTQ 4-bit, groups of 32, act-order"),
     "combined-q": (_combined_q(4), 512, "GPTQ 4-bit g128 act-order + k-means 4-bit embeddings"),
     "kmeans-4": (t_kmeans4, 128, "k-means 4-bit (16 centroids per tensor), encoder"),
     "heads25-ffn50": (t_structured, 128, "25% heads + 50% FFN neurons (mean |activation|), shrunk"),
@@ -151,7 +152,7 @@ TECHNIQUES = {  # name -> (function, calibration sentences, description)
 ORDER = (  # the decisive rows first: a run cut short still answers the targets
     "combined", "sparsegpt-50", "gptq-4", "sparsegpt-2:4", "magnitude-50", "gptq-3",
     "kmeans-4", "heads25-ffn50", "lowrank-ffn", "combined-e3", "sparsegpt-50-c512",
-    "gptq-4-g128-act", "combined-q", "gptq-3-g128-act",
+    "gptq-4-g128-act", "combined-q", "gptq-3-g128-act", "gptq-4-g32-act",
 )  # fmt: skip
 
 

@@ -52,7 +52,7 @@ def compress(method: str, model, data, calib: int, damp: float) -> None:
         return
     if method.startswith("gptq"):
         parts = method.split("-")  # gptq-4 | gptq-4-g64 | gptq-4-g64-act | gptq-4-act
-        group = next((int(p[1:]) for p in parts[2:] if p.startswith("g")), None)
+        group = next((int(p[1:]) for p in parts[2:] if p.startswith("g")), 0)
         cfg = quant_config("gptq", bits=int(parts[1]), exclude=EMB, samples=calib, damp=damp,
                            group_size=group, act_order="act" in parts[2:])  # fmt: skip
         bs.quantize(model, cfg, data, loss="cosine")

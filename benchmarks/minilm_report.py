@@ -7,7 +7,7 @@ from typing import Any
 TARGETS = (  # (key, technique rows it applies to, what, threshold on cosine)
     ("sparsegpt_50_cosine_0.98", ("sparsegpt-50", "sparsegpt-50-c512"), 0.98),
     ("sparsegpt_24_cosine_0.95", ("sparsegpt-2:4",), 0.95),
-    ("gptq_4_cosine_0.99", ("gptq-4", "gptq-4-g128-act"), 0.99),
+    ("gptq_4_cosine_0.99", ("gptq-4", "gptq-4-g128-act", "gptq-4-g32-act"), 0.99),
 )
 FILE_TARGET = 90.9e6 / 8  # 1/8 of the fp32 size
 FILE_GOAL = 90.9e6 / 12
