@@ -146,10 +146,13 @@ def _gptq(out, m, ds) -> None:
     from brainsurgeon.quantization import quantize
     from brainsurgeon.quantization.methods.gptq import GPTQConfig
 
-    m = copy.deepcopy(m)
-    quantize(m, GPTQConfig(bits=3, samples=N), ds, device="cpu")
-    for name, (mod, t) in _targets(m).items():
-        out[f"gptq/{name}"] = getattr(mod, t).detach()
+    for key, sequential in (("gptq", True), ("gptq_one_pass", False)):
+        # sequential: block by block, each H reduced to its owner, solved there, broadcast;
+        # one pass: every H at once, the ranks solve their tensors in parallel
+        q = copy.deepcopy(m)
+        quantize(q, GPTQConfig(bits=3, samples=N, sequential=sequential), ds, device="cpu")
+        for name, (mod, t) in _targets(q).items():
+            out[f"{key}/{name}"] = getattr(mod, t).detach()
 
 
 def compute() -> dict[str, torch.Tensor]:

@@ -76,7 +76,7 @@ STATS = ("ggn", "fisher", "grad", "absgrad", "hutch", "hutch_strided", "exact")
 STATS = (*STATS, "damage_mean", "damage_sd")
 
 
-PREFIXES = [*STATS, "wf_exact", "wf_blocks", "H", "few_", "gptq", "layerobs"]
+PREFIXES = [*STATS, "wf_exact", "wf_blocks", "H", "few_", "gptq", "gptq_one_pass", "layerobs"]
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)

@@ -26,6 +26,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..distributed.group import active as parallel_active
 from ..distributed.layers import by_owner
 from ..errors import ConfigError, NumericalError, check_positive_int
 from ..solvers import inverse_from_gram, inverse_from_vectors, obs_remove_set
@@ -153,6 +154,7 @@ class WoodburyInverse:
         self._gram: Tensor | None = None
         self._vectors: list[Tensor] = []
         self._hinv: Tensor | None = None
+        self._complete = False
         self._sumsq = 0.0
         self.count_ = 0
         self.lam_: float | None = None
@@ -192,13 +194,15 @@ class WoodburyInverse:
             )
         return lam
 
-    @property
-    def hinv_(self) -> Tensor:
+    def _own_inverse(self) -> Tensor:
+        """The block inverses; under ``torch.distributed`` only this rank's chunks of blocks
+        are filled (the others are never needed here: :meth:`diagonal` and :meth:`remove`
+        work chunk by chunk on the same owners and broadcast their small results)."""
         if self._hinv is not None:
             return self._hinv
         lam, n = self._lambda(), self.n_samples
         B = self.layout.block
-        out = torch.empty(self.layout.blocks, B, B, dtype=self.dtype, device=self.device)
+        out = torch.zeros(self.layout.blocks, B, B, dtype=self.dtype, device=self.device)
 
         def invert(sl: slice) -> Tensor:
             if self.strategy == "woodbury" and self._vectors:
@@ -208,17 +212,29 @@ class WoodburyInverse:
                 return inverse_from_gram(self._gram[sl].to(self.dtype), n, lam)
             return torch.eye(B, dtype=self.dtype, device=self.device) / lam  # no vectors yet
 
-        # under torch.distributed each rank inverts its share of the blocks, then broadcasts
-        by_owner(out, self.layout.chunks(), invert, "the WoodFisher block inverses")
-        self._hinv, self.lam_ = out, lam
+        by_owner(out, self.layout.chunks(), invert, "the WoodFisher block inverses", share=False)
+        self._hinv, self._complete, self.lam_ = out, not parallel_active(), lam
+        return out
+
+    @property
+    def hinv_(self) -> Tensor:
+        """Every block inverse (blocks, B, B) on every rank (broadcast from their owners)."""
+        out = self._own_inverse()
+        if not self._complete:
+            by_owner(out, self.layout.chunks(), lambda sl: out[sl], "the WoodFisher inverses")
+            self._complete = True
         return out
 
     def diagonal(self) -> dict[str, Tensor]:
-        return self.layout.scatter(self.hinv_.diagonal(dim1=1, dim2=2))
+        own = self._own_inverse()
+        diag = torch.empty(own.shape[:2], dtype=own.dtype, device=own.device)
+        by_owner(diag, self.layout.chunks(), lambda sl: own[sl].diagonal(dim1=1, dim2=2),
+                 "the WoodFisher inverse diagonal")  # fmt: skip
+        return self.layout.scatter(diag)
 
     def remove(self, weights: dict[str, Tensor], keep: dict[str, Tensor]) -> dict[str, Tensor]:
         """OBS for the set ``~keep`` in every block: ``w - Hi[:, Q] (Hi[Q, Q])^-1 w_Q``."""
-        hinv = self.hinv_
+        hinv = self._own_inverse()  # each chunk is updated by the rank that inverted it
         w = self.layout.gather(self.layout.flatten(weights).to(self.dtype))
         q = self.layout.gather(~self.layout.flatten(keep).to(torch.bool))
         q = q & (self.layout.index.to(q.device) >= 0)

@@ -56,12 +56,14 @@ def mine(owners: dict[str, int], name: str) -> bool:
     return not group.active() or owners.get(name, group.rank()) == group.rank()
 
 
-def by_owner(out: Tensor, slices: list[slice], compute, what: str) -> Tensor:
-    """``out[sl] = compute(sl)`` for every slice, each slice on one rank, then broadcast.
+def by_owner(out: Tensor, slices: list[slice], compute, what: str, share: bool = True) -> Tensor:
+    """``out[sl] = compute(sl)`` for every slice, each slice on one rank, then broadcast
+    (``share=False``: not; every rank keeps only its own slices).
 
     Slices go to ranks in contiguous runs (as batches do); alone, a plain loop. Used for
-    the WoodFisher block inverses and their OBS updates: each block is computed once, by
-    the same code as in one process, so the result is bit-identical to it.
+    the WoodFisher block inverses (kept where they were computed), their diagonals and
+    their OBS updates (broadcast): each block is computed once, by the same code as in one
+    process, so the result is bit-identical to it.
     """
     from .shard import batch_ranks
 
@@ -69,7 +71,7 @@ def by_owner(out: Tensor, slices: list[slice], compute, what: str) -> Tensor:
     for sl, r in zip(slices, owners, strict=True):
         if r == group.rank():
             out[sl] = compute(sl)
-    if group.active():
+    if share and group.active():
         for sl, r in zip(slices, owners, strict=True):
             group.broadcast_(out[sl], r, what)
     return out

@@ -40,7 +40,10 @@ def _dtype_hint(inv: Any) -> torch.dtype | None:
 
 
 def reduce_woodbury(inv: Any, dst: int | None = None) -> None:
-    """Merge ``inv``'s statistics over every rank in place (every rank gets them)."""
+    """Merge ``inv``'s statistics over every rank in place. Summed Grams go, chunk by
+    chunk, to the rank that inverts that chunk (``WoodburyInverse`` works on its own chunks
+    and broadcasts only diagonals and updated weights), or all to ``dst``; gathered vectors
+    go to every rank."""
     code = 0 if inv.count_ == 0 else _CODES[inv.strategy]
     codes = [int(c) for c in group.gather_varlen(torch.tensor([code]), what="strategies")]
     hints = group.gather_varlen(
@@ -56,7 +59,15 @@ def reduce_woodbury(inv: Any, dst: int | None = None) -> None:
         return
     if 2 in codes:
         gram = _local_gram(inv).to(inv._dtype_hint)
-        inv._gram = group.sum_(gram, "WoodFisher Gram blocks", dst)
+        if dst is None:  # each chunk of blocks to the rank that will invert it, and only there
+            from .shard import batch_ranks
+
+            chunks = inv.layout.chunks()
+            for sl, r in zip(chunks, batch_ranks(len(chunks), group.world_size()), strict=True):
+                gram[sl] = group.sum_(gram[sl], "WoodFisher Gram blocks", dst=r)
+            inv._gram = gram
+        else:
+            inv._gram = group.sum_(gram, "WoodFisher Gram blocks", dst)
         inv._vectors, inv.strategy = [], "direct"
         return
     B, blocks = inv.layout.block, inv.layout.blocks

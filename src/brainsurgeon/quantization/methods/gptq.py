@@ -29,6 +29,7 @@ from ... import distributed as parallel
 from ...curvature.blockwise import CALIBRATIONS, Calibrator, Step, batch_for, plan
 from ...curvature.layer_inputs import INPUT_RULES, LayerInputStats, hooks_visible, input_owner
 from ...data.core import DataLike, Dataset, as_dataset
+from ...distributed import layers as owned
 from ...errors import ConfigError, UnsupportedLayerError, check_positive_int
 from ...models.adapters import layer_kind, layout_of
 from ...state import original
@@ -113,9 +114,16 @@ def input_hessian(
 
 @torch.no_grad()
 def input_hessians(
-    model: nn.Module, layers: list[LayerPlan], calib: Dataset, device, batch_size: int = 256
+    model: nn.Module,
+    layers: list[LayerPlan],
+    calib: Dataset,
+    device,
+    batch_size: int = 256,
+    owners: dict[str, int] | None = None,
 ) -> dict[int, torch.Tensor]:
-    """``{id(layer): H}`` of every listed tensor from one pass over ``calib``."""
+    """``{id(layer): H}`` of every listed tensor from one pass over ``calib``; with
+    ``owners`` ({name: rank}) each ``H`` is reduced to its owner only (and returned there)."""
+    owners = owners or {}
     stats = {id(layer): _stats(model, layer).attach() for layer in layers}
     try:
         with preserved_modes(model, "eval"), hooks_visible():
@@ -124,7 +132,20 @@ def input_hessians(
     finally:
         for s in stats.values():
             s.detach()
-    return {k: parallel.reduce(s).hessian() for k, s in stats.items()}
+    out = {}
+    for layer in layers:
+        reduced = parallel.reduce(stats[id(layer)], dst=owners.get(layer.name))
+        if owned.mine(owners, layer.name):
+            out[id(layer)] = reduced.hessian()
+    return out
+
+
+def _owners(layers: list[LayerPlan]) -> dict[str, int]:
+    """Under ``torch.distributed``: each solved tensor's rank, balanced by its solve's cost."""
+    if not parallel.active():
+        return {}
+    costs = {layer.name: owned.solve_cost(*as_matrix(layer.weight).shape) for layer in layers}
+    return owned.assign(costs)
 
 
 def _hookable(layer: LayerPlan) -> str | None:
@@ -246,23 +267,28 @@ def _calibrate(model, layers: list[LayerPlan], calib, device, config, rtn: set[i
     """Quantize ``layers`` in order (round-to-nearest for the ids in ``rtn``); returns how
     the inputs were calibrated: ``blockwise``, ``whole`` (with the reason) or ``one pass``."""
     solve = solver()
+    solved = [layer for layer in layers if id(layer) not in rtn]
+    owners = _owners(solved)
 
-    def one(layer: LayerPlan, H) -> torch.Tensor:
-        if id(layer) in rtn:
+    def one(layer: LayerPlan, H, share: bool = True) -> torch.Tensor:
+        if id(layer) in rtn or not owned.mine(owners, layer.name):
+            # rounded to nearest, or solved by its owner rank: the same grid (fitted from
+            # the same weights), the solved weights arrive by broadcast
             scale, zero = fit_grid(layer, config, layer.bits)
             attach(layer, _grid_quant(layer, scale, zero, config))
         else:
             with numerical_step(f"the GPTQ solve of {layer.name}", GPTQ_FIX):
                 GPTQ.solve_layer(layer, H, config, solve)
+        if share:
+            _share(layer, owners)
         return getattr(layer.module, layer.tensor).detach()
 
-    if not config.sequential:
-        hessians = {}
-        solved = [layer for layer in layers if id(layer) not in rtn]
-        if solved:
-            hessians = input_hessians(model, solved, calib, device)
+    if not config.sequential:  # every H from one pass: the ranks solve theirs in parallel
+        hessians = input_hessians(model, solved, calib, device, owners=owners) if solved else {}
         for layer in layers:
-            one(layer, hessians.get(id(layer)))
+            one(layer, hessians.get(id(layer)), share=False)
+        for layer in solved:
+            _share(layer, owners)
         return "one pass"
     steps = {layer.name: layer for layer in layers}
     chain = "calibration='whole'"
@@ -273,7 +299,7 @@ def _calibrate(model, layers: list[LayerPlan], calib, device, config, rtn: set[i
         if not isinstance(chain, str):
             bs = batch_for(chain, order, len(calib), 256, "gptq calibration")
             Calibrator(model, chain, calib, lambda s, H: one(steps[s.name], H), device=device,
-                       dtype=torch.float64, batch_size=bs).run(order)  # fmt: skip
+                       dtype=torch.float64, batch_size=bs, owners=owners).run(order)  # fmt: skip
             return "blockwise"
         if config.calibration == "blockwise":
             raise ConfigError(f"gptq calibration='blockwise': {chain}; use 'auto' or 'whole'")
@@ -283,6 +309,13 @@ def _calibrate(model, layers: list[LayerPlan], calib, device, config, rtn: set[i
     for layer in layers:
         one(layer, None if id(layer) in rtn else input_hessian(model, layer, calib, device))
     return f"whole ({chain})"
+
+
+def _share(layer: LayerPlan, owners: dict[str, int]) -> None:
+    """The solved weights of ``layer`` from its owner rank to every rank (alone: nothing)."""
+    if layer.name in owners:
+        weights = original(layer.module, layer.tensor)
+        owned.share({layer.name: weights.data}, owners, "the GPTQ weights")
 
 
 def _grid_quant(layer: LayerPlan, scale, zero, config: GPTQConfig) -> UniformQuant:
