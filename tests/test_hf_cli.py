@@ -181,3 +181,26 @@ def test_unknown_export_format_is_refused(imported, tmp_path):
     proc = run_cli("export", str(run), "--format", "tflite", "--out", str(tmp_path / "m"))
     assert proc.returncode == 2 and "--format must be bsc, onnx or hf" in proc.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_quantize_compare_and_sensitivity_report_the_cosine(imported, tmp_path):
+    """An embedding run has no accuracy: quantize printed ``before['accuracy']`` (KeyError
+    after writing the run); compare and sensitivity crashed the same way and left their
+    folders. They now report the run's quality metric, the cosine, with the run's loss."""
+    _, _, run = imported
+    proc = run_cli("quantize", str(run), "--method", "gptq", "--bits", "4", "--group-size",
+                   "16", "--act-order", "--exclude", "backbone.embeddings.*",
+                   "--out", str(tmp_path / "q"), "--json", "--quiet", check=True)  # fmt: skip
+    payload = json.loads(proc.stdout)
+    assert 0.9 < payload["test_after"]["cosine"] <= 1.0 and payload["accuracy_after"] is None
+    proc = run_cli("compare", str(run), "--criteria", "random,magnitude", "--sparsities", "0.5",
+                   "--samples", "16", "--out", str(tmp_path / "c"), "--json", "--quiet",
+                   check=True)  # fmt: skip
+    payload = json.loads(proc.stdout)
+    assert payload["baseline"]["metric"] == "cosine"
+    assert payload["baseline"]["accuracy"] == pytest.approx(1.0, abs=1e-5)
+    by = {r["method"]: r["accuracy"]["mean"] for r in payload["summary"]}
+    assert by["random"] < by["magnitude"] < 1.0
+    proc = run_cli("sensitivity", str(run), "--sparsities", "0.5", "--samples", "16",
+                   "--out", str(tmp_path / "s"), "--quiet")  # fmt: skip
+    assert proc.returncode == 0 and "validation cosine" in proc.stdout, proc.stderr

@@ -136,21 +136,23 @@ def run(args: argparse.Namespace) -> int:
     payload = compare(
         args.run, config, out, device=args.device, force=args.force, log=lambda m: say(args, m)
     )
+    metric = payload["baseline"].get("metric", "accuracy")
+    scale, unit = (100, " %") if metric == "accuracy" else (1, "")
     rows = [
         [
             r["method"],
             "-" if r["sparsity"] is None else r["sparsity"],
-            100 * r["accuracy"]["mean"],
-            100 * r["accuracy"]["std"],
+            scale * r["accuracy"]["mean"],
+            scale * r["accuracy"]["std"],
             r["compression_ratio"]["mean"],
         ]
         for r in payload["summary"]
     ]
     text = "\n".join(
         [
-            table(rows, ["method", "sparsity", "accuracy %", "std %", "compression x"]),
-            f"\nunpruned accuracy {100 * payload['baseline']['accuracy']:.2f}%; wrote {out}/"
-            "compare.json, plots and summary.md",
+            table(rows, ["method", "sparsity", f"{metric}{unit}", f"std{unit}", "compression x"]),
+            f"\nunpruned {metric} {scale * payload['baseline']['accuracy']:.4g}{unit}; wrote "
+            f"{out}/compare.json, plots and summary.md",
         ]
     )
     emit(args, {"out": str(out), **{k: payload[k] for k in ("baseline", "summary", "plots")}}, text)

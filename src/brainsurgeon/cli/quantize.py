@@ -222,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
         cfg["loss"] = loss
     cfg.update(determinism(args.device))
     metrics = {
+        "test": after,
         "test_accuracy": after.get("accuracy"),
         "test_loss": after["loss"],
         "test_errors": after.get("errors"),
@@ -238,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print(args, out, before, after, result, file) -> None:
+    from ..training import describe
+
     storage = result.storage
     rows = [
         [
@@ -267,7 +270,7 @@ def _print(args, out, before, after, result, file) -> None:
         [
             table(rows, ["layer", "kind", "bits", "bits/weight", "codes B", "codebook B", "ratio"]),
             "(codes at fixed width, before entropy coding and sparse positions)",
-            f"\ntest accuracy {100 * before['accuracy']:.2f}% -> {100 * after['accuracy']:.2f}%; "
+            f"\ntest {describe(before)} -> {describe(after)}; "
             f"compressed file {file.file_bytes:,} bytes as `brainsurgeon export {out}` writes "
             f"it ({file.ratio:.2f}x smaller than fp32 {file.fp32_bytes:,}); wrote {out}",
         ]
@@ -277,6 +280,8 @@ def _print(args, out, before, after, result, file) -> None:
         "method": result.config.METHOD,
         "accuracy_before": before.get("accuracy"),
         "accuracy_after": after.get("accuracy"),
+        "test_before": before,
+        "test_after": after,
         "bits_per_weight": total["bits_per_weight"],
         "ratio": total["ratio"],
         "model_bytes": storage["model_bytes"],

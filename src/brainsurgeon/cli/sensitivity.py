@@ -79,9 +79,11 @@ def run(args: argparse.Namespace) -> int:
         args.run, config, out, device=args.device, force=args.force, log=lambda m: say(args, m)
     )
     suggested = payload["suggested"]["layer_sparsity"]
+    metric = payload["baseline"].get("metric", "accuracy")
+    scale, unit = (100, " %") if metric == "accuracy" else (1, "")
     rows = []
     for layer, points in payload["curves"].items():
-        rows.append([layer, suggested[layer], *(100 * p["accuracy"] for p in points)])
+        rows.append([layer, suggested[layer], *(scale * p["accuracy"] for p in points)])
     header = [
         "layer",
         "suggested",
@@ -90,12 +92,13 @@ def run(args: argparse.Namespace) -> int:
     combined = payload["combined"]
     text = "\n".join(
         [
-            f"validation accuracy % when only one layer is pruned (unpruned "
-            f"{100 * payload['baseline']['accuracy']:.2f}%):",
+            f"validation {metric}{unit} when only one layer is pruned (unpruned "
+            f"{scale * payload['baseline']['accuracy']:.4g}{unit}):",
             table(rows, header),
             ""
             if combined is None
-            else f"\nall suggestions together: {100 * combined['accuracy']:.2f}% (no fine-tuning)",
+            else f"\nall suggestions together: {scale * combined['accuracy']:.4g}{unit} "
+            "(no fine-tuning)",
             f"suggestion written to {out / SUGGESTION_FILE}",
         ]
     )

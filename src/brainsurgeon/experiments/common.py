@@ -35,6 +35,21 @@ def open_base(run: str | os.PathLike | Run, device: str | torch.device = "cpu") 
     return load_run(run, device=device)
 
 
+QUALITY = ("accuracy", "cosine", "r2")  # higher is better, in this order of preference
+
+
+def quality(ev: dict[str, Any]) -> tuple[str, float]:
+    """``(name, value)`` of an :func:`~brainsurgeon.training.evaluate` result's quality
+    metric: accuracy (classification), cosine (embedding models), r2 (regression)."""
+    for name in QUALITY:
+        if name in ev:
+            return name, float(ev[name])
+    raise RunDirError(
+        f"this run's evaluation reports none of {', '.join(QUALITY)} (got: {', '.join(ev)}); "
+        "experiments compare one of them"
+    )
+
+
 def fingerprint(obj: Any) -> str:
     """A short stable hash of JSON-able ``obj`` (sorted keys)."""
     text = json.dumps(obj, sort_keys=True, default=_default)

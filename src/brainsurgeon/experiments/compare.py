@@ -25,7 +25,16 @@ from ..config import Config
 from ..errors import ConfigError, check_fraction, check_positive_int
 from ..runs import Run
 from ..utils import resolve_device
-from .common import ExperimentDir, Log, mean_std, open_base, size_metrics, stamp, tensor_hash
+from .common import (
+    ExperimentDir,
+    Log,
+    mean_std,
+    open_base,
+    quality,
+    size_metrics,
+    stamp,
+    tensor_hash,
+)
 
 SCHEDULES = ("oneshot", "iterative")
 
@@ -127,7 +136,11 @@ def compare(
     Returns the ``compare.json`` payload: the baseline, every cell, and per method and
     sparsity (or bits) the mean / std / min / max of test accuracy over seeds.
     """
+    from ..training.evaluation import recorded_loss
+
     base = open_base(run)
+    if config.loss is None:  # the run's own task loss (an embedding model's: cosine)
+        config = config.replace(loss=recorded_loss(base.config))
     out = ExperimentDir(out_dir, "compare", config.to_dict(), force=force)
     device = resolve_device(device)
     data = base.data(progress=False)
@@ -155,7 +168,7 @@ def compare(
     baseline = out.run_cells(
         ["baseline"],
         lambda k: {
-            **_evaluate(base.model, data),
+            **_evaluate(base.model, data, config.loss),
             **size_metrics(base.model, shape),
             "kind": "baseline",
             "seconds": 0.0,
@@ -196,7 +209,7 @@ def _cell(base_model, cell, config: CompareConfig, calib, data, device, shape) -
     return {
         **cell,
         **info,
-        **_evaluate(model, data),
+        **_evaluate(model, data, config.loss),
         **size_metrics(model.cpu(), shape),
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -261,7 +274,7 @@ def _prune_cell(model, cell, config: CompareConfig, calib, data, device) -> dict
             damage += result.predicted_damage
         rec = {"round": r, "target": float(target), "sparsity": result.total_sparsity}
         if config.finetune_epochs:
-            rec["accuracy_before_finetune"] = _evaluate(model, data)["accuracy"]
+            rec["accuracy_before_finetune"] = _evaluate(model, data, config.loss)["accuracy"]
             finetune_round(
                 model,
                 data,
@@ -296,11 +309,12 @@ def _quant_cell(model, cell, config: CompareConfig, data) -> dict[str, Any]:
     return {"bits_per_weight": result.storage["total"]["bits_per_weight"], "seed": seed}
 
 
-def _evaluate(model, data) -> dict[str, Any]:
+def _evaluate(model, data, loss: str | None = None) -> dict[str, Any]:
     from ..training import evaluate
 
-    ev = evaluate(model, data, split="test")
-    return {"accuracy": ev["accuracy"], "loss": ev["loss"], "errors": ev["errors"]}
+    ev = evaluate(model, data, split="test", loss=loss)
+    metric, value = quality(ev)  # "accuracy" holds the run's quality metric, named in "metric"
+    return {"accuracy": value, "metric": metric, "loss": ev["loss"], "errors": ev.get("errors")}
 
 
 def summarize(cells) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from ..data.core import DataBundle
 from ..errors import ConfigError, check_fraction, check_positive_int
 from ..runs import Run
 from ..utils import resolve_device
-from .common import ExperimentDir, Log, open_base, stamp
+from .common import ExperimentDir, Log, open_base, quality, stamp
 
 SUGGESTION_FILE = "layer_sparsity.json"
 GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -80,15 +80,18 @@ def sensitivity(
 ) -> dict[str, Any]:
     """Measure the curves, write ``sensitivity.json``, ``layer_sparsity.json`` and a plot."""
     from ..models.adapters import compressible
+    from ..training.evaluation import recorded_loss
 
     base = open_base(run)
+    if config.loss is None:  # the run's own task loss (an embedding model's: cosine)
+        config = config.replace(loss=recorded_loss(base.config))
     out = ExperimentDir(out_dir, "sensitivity", config.to_dict(), force=force)
     device = resolve_device(device)
     data = data if data is not None else base.data(progress=False)
     calib = data.train.subset(config.samples, seed=config.seed)
     layers = list(compressible(base.model, layers=config.layers, exclude=config.exclude))
     out.start({"run": str(base.path)})
-    baseline = _evaluate(base.model, data)
+    baseline = _evaluate(base.model, data, config.loss)
 
     def compute(key: str) -> dict[str, Any]:
         layer, s = key.rsplit("@", 1)
@@ -103,7 +106,7 @@ def sensitivity(
     combined = None
     if any(v > 0 for v in suggested.values()):
         model = _pruned(base.model, config, suggested, calib, device)
-        combined = _evaluate(model, data)
+        combined = _evaluate(model, data, config.loss)
     payload = stamp(
         {
             "kind": "sensitivity",
@@ -132,7 +135,7 @@ def _layer_cell(model, config, layers, layer: str, s: float, calib, data, device
     return {
         "layer": layer,
         "sparsity": s,
-        **_evaluate(pruned, data),
+        **_evaluate(pruned, data, config.loss),
         "seconds": round(time.perf_counter() - start, 3),
     }
 
@@ -169,11 +172,12 @@ def _pruned(model, config: SensitivityConfig, layer_sparsity: dict[str, float], 
     return model
 
 
-def _evaluate(model, data) -> dict[str, Any]:
+def _evaluate(model, data, loss: str | None = None) -> dict[str, Any]:
     from ..training import evaluate
 
-    ev = evaluate(model, data, split="val")
-    return {"accuracy": ev["accuracy"], "loss": ev["loss"]}
+    ev = evaluate(model, data, split="val", loss=loss)
+    metric, value = quality(ev)  # "accuracy" holds the run's quality metric, named in "metric"
+    return {"accuracy": value, "metric": metric, "loss": ev["loss"]}
 
 
 def _plot(payload: dict[str, Any], root: Path) -> Path:
