@@ -90,8 +90,8 @@ def sensitivity(
     data = data if data is not None else base.data(progress=False)
     calib = data.train.subset(config.samples, seed=config.seed)
     layers = list(compressible(base.model, layers=config.layers, exclude=config.exclude))
+    baseline = _evaluate(base.model, data, config.loss)  # a bad loss is refused before OUT
     out.start({"run": str(base.path)})
-    baseline = _evaluate(base.model, data, config.loss)
 
     def compute(key: str) -> dict[str, Any]:
         layer, s = key.rsplit("@", 1)
