@@ -138,6 +138,19 @@ def _writer() -> bool:
     return is_main()
 
 
+def refuse_file_out(path: str | os.PathLike) -> None:
+    """``--out`` must name a run directory: a file there is refused before any work (``--force``
+    replaces folders only, never a user's file)."""
+    from .errors import RunDirError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(
+            f"{path} is a file, not a run directory (--force replaces folders only); "
+            "choose another --out"
+        )
+
+
 def check_replaceable(path: str | os.PathLike) -> None:
     """Refuse to replace (``--force``) a folder that holds the current folder: ``--out .
     --force`` would otherwise delete everything in it."""

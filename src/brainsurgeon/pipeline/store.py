@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import distributed as parallel
 from .. import runs, state
-from .._io import atomic_dir, check_replaceable, recover, write_json
+from .._io import atomic_dir, check_replaceable, recover, refuse_file_out, write_json
 from ..config import Config
 from ..errors import RunDirError
 from ..pruning.masks import find_mask, set_mask
@@ -33,11 +33,7 @@ def check_out_dir(path: str | Path, *, resume: bool, force: bool) -> None:
     path = Path(path)
     if path.parent.is_dir():
         recover(path)  # a run killed while writing its final folder
-    if path.exists() and not path.is_dir():
-        raise RunDirError(
-            f"{path} is a file, not a run directory (--force replaces folders only); "
-            "choose another --out"
-        )
+    refuse_file_out(path)
     if not path.exists() or force and not resume:
         return
     finished, partial = (path / runs.CONFIG_FILE).exists(), (path / ROUNDS_DIR).is_dir()

@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from .. import runs
-from .._io import atomic_dir, recover, write_json, write_text
+from .._io import atomic_dir, recover, refuse_file_out, write_json, write_text
 from ..errors import BrainsurgeonError, RunDirError
 from ..training.checkpoint import epoch_checkpoints
 from ..utils import determinism, environment, resolve_device, seed_everything
@@ -68,8 +68,7 @@ def run_recipe(
     out = Path(out_dir)
     if out.parent.is_dir():
         recover(out)  # a run killed while writing its final folder
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{out} is a file, not a folder (--force replaces folders only)")
+    refuse_file_out(out)
     store = StepStore(out, r.data)
     if resume and (out / "result.json").exists():
         return json.loads((out / "result.json").read_text())
