@@ -194,7 +194,8 @@ def test_inplace_converts_the_model_itself():
 
 def test_unknown_runtime_and_bad_threshold_teach():
     with pytest.raises(
-        ConfigError, match="unknown runtime 'sprase'; valid: dense, int8, onnx, onnx-int8, sparse"
+        ConfigError,
+        match="unknown runtime 'sprase'; valid: dense, int8, native, onnx, onnx-int8, sparse",
     ):
         to_inference(_pruned_mlp(), "sprase")
     with pytest.raises(ConfigError, match="min_sparsity applies to runtime='sparse' only"):

@@ -13,6 +13,9 @@ or pass it to ``evaluate``, ``inspect`` and ``report``.
 ``--runtime int8``, checked against PyTorch in onnxruntime before it is written (needs
 ``pip install brainsurgeon[deploy]``). ``--format hf`` writes a Hugging Face run as a folder
 that ``transformers`` itself loads (masks and quantizers baked; not after surgery).
+``--format c`` (or an ``--out`` ending in ``.c``) writes one C99 file with the weights inside
+and its header, for chain models (Linear, BatchNorm1d, activations): compiled here, checked
+against PyTorch and timed at batch 1 before it is written (needs a C compiler).
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ examples:
   ls -l lenet300.bsc                          # the size printed is this size
   brainsurgeon export runs/lenet300-shrunk --out lenet300.onnx
   brainsurgeon export runs/lenet300 --format onnx --out lenet300-int8.onnx --runtime int8
-  brainsurgeon export runs/minilm-sgpt --format hf --out minilm-sgpt/   # transformers loads it"""
+  brainsurgeon export runs/minilm-sgpt --format hf --out minilm-sgpt/   # transformers loads it
+  brainsurgeon export runs/lenet300-shrunk --out lenet300.c   # + lenet300.h, for a device"""
 
 CODECS = ("auto", "raw", "huffman", "ans")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "export", "write a run as one .bsc (or .onnx) file", __doc__, EPILOG)
+    p = add_command(sub, "export", "write a run as one .bsc (or .onnx, .c) file", __doc__, EPILOG)
     p.add_argument("run", help="run directory (or a .bsc file to re-encode)")
     p.add_argument("--out", required=True, help="output file, e.g. model.bsc or model.onnx")
     p.add_argument(
@@ -84,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
         raise RunDirError(f"{args.run} does not exist; pass a run directory or a .bsc file")
     if fmt == "onnx":
         return run_onnx(args, out)
+    if fmt == "c":
+        from .export_onnx import run_c
+
+        return run_c(args, out)
     codecs = None if args.codec == "auto" else ("raw", args.codec)
     say(args, f"exporting {args.run} -> {out}")
     result = export(args.run, out, index_bits=args.index_bits, codecs=codecs)

@@ -1,4 +1,4 @@
-"""``brainsurgeon export --format onnx``: options, the run and the printed check table."""
+"""``brainsurgeon export --format onnx|c|hf``: options, the runs and the printed check tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 from ..errors import ConfigError
 from .common import emit, say, table
 
-FORMATS = ("bsc", "onnx", "hf")
+FORMATS = ("bsc", "onnx", "hf", "c")
+SUFFIXES = {".onnx": "onnx", ".c": "c"}
 ONNX_ONLY = ("runtime", "int8", "batch_dynamic", "batch", "check_samples")
 
 
@@ -17,9 +18,11 @@ def add_onnx_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         default=None,
-        metavar="bsc|onnx|hf",
-        help="output format (default: from --out's suffix, .onnx -> onnx, else bsc); hf: a "
-        "folder transformers.AutoModel.from_pretrained reads (Hugging Face runs)",
+        metavar="bsc|onnx|hf|c",
+        help="output format (default: from --out's suffix, .onnx -> onnx, .c -> c, else bsc); "
+        "hf: a folder transformers.AutoModel.from_pretrained reads (Hugging Face runs); c: "
+        "one C99 file + header with the weights inside (chain models: Linear, BatchNorm1d, "
+        "activations), checked against PyTorch and timed at batch 1",
     )
     p.add_argument(
         "--runtime",
@@ -47,33 +50,34 @@ def add_onnx_options(p: argparse.ArgumentParser) -> None:
         "--check-samples",
         type=int,
         default=None,
-        help="onnx only: test samples compared with PyTorch before writing (default 256)",
+        help="onnx and c: test samples compared with PyTorch before writing (default 256)",
     )
 
 
 def resolve_format(args: argparse.Namespace) -> str:
-    """``bsc`` or ``onnx`` from ``--format`` and ``--out``; refuses contradictions."""
+    """``bsc``, ``onnx``, ``hf`` or ``c`` from ``--format`` and ``--out``; refuses
+    contradictions and options of another format."""
     suffix = Path(args.out).suffix.lower()
-    fmt = args.format or ("onnx" if suffix == ".onnx" else "bsc")
+    fmt = args.format or SUFFIXES.get(suffix, "bsc")
     if fmt not in FORMATS:
-        raise ConfigError(f"--format must be bsc, onnx or hf, got {fmt!r}")
-    if fmt == "hf":
-        if args.index_bits is not None or args.codec != "auto":
-            raise ConfigError("--index-bits and --codec apply to --format bsc only")
-        given = [o for o in ONNX_ONLY if getattr(args, o, None) is not None]
-        if given:
-            raise ConfigError(f"--{given[0].replace('_', '-')} applies to --format onnx only")
-        return fmt
+        raise ConfigError(f"--format must be bsc, onnx, hf or c, got {fmt!r}")
+    if fmt != "bsc" and (args.index_bits is not None or args.codec != "auto"):
+        raise ConfigError("--index-bits and --codec apply to --format bsc only")
     if fmt == "onnx" and suffix != ".onnx":
         raise ConfigError(f"--format onnx writes a .onnx file; got --out {args.out}")
-    if fmt == "bsc" and suffix == ".onnx":
-        raise ConfigError(f"--out {args.out} is an ONNX name; pass --format onnx or a .bsc name")
-    given = [o for o in ONNX_ONLY if getattr(args, o, None) is not None]
-    if fmt == "bsc" and given:
+    if fmt == "c" and suffix != ".c":
+        raise ConfigError(f"--format c writes a .c file (and its .h); got --out {args.out}")
+    if fmt == "bsc" and suffix in SUFFIXES:
+        raise ConfigError(
+            f"--out {args.out} is a {SUFFIXES[suffix]} name; pass --format "
+            f"{SUFFIXES[suffix]} or a .bsc name"
+        )
+    allowed = {"onnx": ONNX_ONLY, "c": ("check_samples",)}.get(fmt, ())
+    given = [o for o in ONNX_ONLY if getattr(args, o, None) is not None and o not in allowed]
+    if given:
         flags = ", ".join("--" + o.replace("_", "-") for o in given)
-        raise ConfigError(f"{flags} apply to --format onnx only")
-    if fmt == "onnx" and (args.index_bits is not None or args.codec != "auto"):
-        raise ConfigError("--index-bits and --codec apply to --format bsc only")
+        only = "onnx and c" if given == ["check_samples"] else "onnx"
+        raise ConfigError(f"{flags} apply to --format {only} only")
     return fmt
 
 
@@ -145,3 +149,36 @@ def render(p: dict) -> str:
         ["versions", f"onnx {v['onnx']}, onnxruntime {v['onnxruntime']}, opset {v['opset']}"]
     )
     return table(rows, ["", "onnx export"])
+
+
+def run_c(args: argparse.Namespace, out: Path) -> int:
+    """``--format c``: the run as C99 source + header, checked and timed (batch 1)."""
+    from ..deploy.native import c_latency_ms, export_c, timing_program
+    from .runs_common import check_out
+
+    check_out(out.with_suffix(".h"), args.force)  # the header beside it
+    say(args, f"exporting {args.run} -> {out} (C99, weights inside)")
+    result = export_c(args.run, out, check_samples=args.check_samples or 256)
+    blocks = sorted(c_latency_ms(timing_program(out.read_text()), 1, 0.3))
+    payload = {**result.to_dict(), "batch1_latency_us": 1e3 * blocks[len(blocks) // 2]}
+    emit(args, payload, render_c(payload))
+    return 0
+
+
+def render_c(p: dict) -> str:
+    """The C file's shapes, size, its check against PyTorch and its batch-1 latency."""
+    c = p["check"]
+    rows = [
+        ["file", f"{p['path']} ({p['source_bytes']:,} bytes) + {p['header']}"],
+        ["function", f"void {p['symbol']}(int n, const float *x, float *y)"],
+        ["input", f"n x {p['input_shape']} float32"],
+        ["output", f"n x {p['output_shape']} float32"],
+        ["checked on", c["source"]],
+        ["max abs diff", f"{c['max_abs_diff']:.3g} (outputs up to {c['max_abs_output']:.3g})"],
+        ["relative error", f"{c['relative_error']:.3g} <= tolerance {c['tolerance']:g}"],
+    ]
+    if "top1_agreement" in c:
+        rows.append(["top-1 agreement", f"{100 * c['top1_agreement']:.2f}%"])
+    rows.append(["batch-1 latency", f"{p['batch1_latency_us']:.2f} us (median, compiled here)"])
+    rows.append(["compiler", f"{p['compiler']} -O3 -march=native (rebuild with your flags)"])
+    return table(rows, ["", "C export"])

@@ -69,17 +69,20 @@ def export(
     ``codecs``: allowed stream codecs (default all: raw, Huffman, the entropy coder).
     ``model`` may be a run directory: its config and metrics are kept in the file.
     A ``path`` ending in ``.onnx`` writes an ONNX graph instead and returns
-    :class:`brainsurgeon.deploy.OnnxExport` (:func:`brainsurgeon.deploy.export_onnx`).
+    :class:`brainsurgeon.deploy.OnnxExport` (:func:`brainsurgeon.deploy.export_onnx`); one
+    ending in ``.c`` writes C99 source (:func:`brainsurgeon.deploy.export_c`).
     """
-    if Path(path).suffix.lower() == ".onnx":
+    suffix = Path(path).suffix.lower()
+    if suffix in (".onnx", ".c"):
         if config or metrics or index_bits is not None or codecs is not None:
             raise ConfigError(
-                "config, metrics, index_bits and codecs apply to .bsc files; an .onnx path "
-                "takes none (use brainsurgeon.deploy.export_onnx for its options)"
+                f"config, metrics, index_bits and codecs apply to .bsc files; a {suffix} path "
+                "takes none (use brainsurgeon.deploy.export_onnx / export_c for its options)"
             )
-        from ..deploy import export_onnx
+        from ..deploy import export_c, export_onnx
 
-        return export_onnx(model, path)  # type: ignore[return-value]
+        write = export_onnx if suffix == ".onnx" else export_c
+        return write(model, path)  # type: ignore[return-value]
     data, table = encode(
         model, config=config, metrics=metrics, index_bits=index_bits, codecs=codecs
     )

@@ -15,7 +15,10 @@ can then hand the layers to a runtime registered in :data:`RUNTIMES`:
   ``nn.Module`` (:class:`brainsurgeon.deploy.OnnxModule`, fp32 or dynamic int8; needs the
   ``deploy`` extra). Lower per-call overhead than eager PyTorch: at batch 1 a shrunk
   LeNet-300-100 ran 2.5-3.0x faster than the dense one in it, 1.7x in eager PyTorch
-  (``benchmarks/structured_widths.py``, on a loaded machine).
+  (``benchmarks/structured_widths.py``, on a loaded machine);
+* ``native``: a chain of Linear / BatchNorm1d / activation layers compiled to C with the
+  system compiler and called through ``ctypes`` (:class:`brainsurgeon.deploy.NativeModule`):
+  almost no per-call cost, for batch-1 latency of small models.
 
 Add a runtime with ``@register_runtime(name, description)`` on
 ``convert(model, min_sparsity) -> model`` (``model`` is already a baked, eval copy).
@@ -106,6 +109,17 @@ def _onnx(model: nn.Module, min_sparsity: float | None) -> nn.Module:
 @register_runtime("onnx-int8", "the model exported to ONNX, dynamic int8 by onnxruntime")
 def _onnx_int8(model: nn.Module, min_sparsity: float | None) -> nn.Module:
     return _onnx_module(model, "dynamic")
+
+
+@register_runtime("native", "a chain model compiled to C (-O3 -march=native), called by ctypes")
+def _native(model: nn.Module, min_sparsity: float | None) -> nn.Module:
+    from ..deploy.native import NativeModule
+    from ..structured.api import example_of
+
+    example = example_of(model, None)
+    if not example.is_floating_point():
+        raise ConfigError("the native runtime takes float inputs; token models need 'onnx'")
+    return NativeModule(model.cpu(), tuple(example.shape[1:]))
 
 
 def _onnx_module(model: nn.Module, int8: str | None) -> nn.Module:
