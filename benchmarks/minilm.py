@@ -136,6 +136,7 @@ TECHNIQUES = {  # name -> (function, calibration sentences, description)
     "sparsegpt-50": (t_sparsegpt, 128, "SparseGPT 50% unstructured, sequential, 128 sentences"),
     "sparsegpt-50-c512": (t_sparsegpt, 512, "SparseGPT 50%, 512 calibration sentences"),
     "sparsegpt-2:4": (t_sparsegpt_24, 128, "SparseGPT 2:4, sequential, 128 sentences"),
+    "sparsegpt-2:4-c512": (t_sparsegpt_24, 512, "SparseGPT 2:4, 512 calibration sentences"),
     "gptq-4": (_gptq(4), 128, "GPTQ 4-bit per-channel (no group size), encoder"),
     "gptq-3": (_gptq(3), 128, "GPTQ 3-bit per-channel (no group size), encoder"),
     "gptq-4-g128-act": (_gptq(4, 128, True), 512, "GPTQ 4-bit, groups of 128, act-order"),
@@ -152,7 +153,7 @@ TECHNIQUES = {  # name -> (function, calibration sentences, description)
 ORDER = (  # the decisive rows first: a run cut short still answers the targets
     "combined", "sparsegpt-50", "gptq-4", "sparsegpt-2:4", "magnitude-50", "gptq-3",
     "kmeans-4", "heads25-ffn50", "lowrank-ffn", "combined-e3", "sparsegpt-50-c512",
-    "gptq-4-g128-act", "combined-q", "gptq-3-g128-act", "gptq-4-g32-act",
+    "gptq-4-g128-act", "combined-q", "gptq-3-g128-act", "gptq-4-g32-act", "sparsegpt-2:4-c512",
 )  # fmt: skip
 
 
@@ -249,6 +250,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--only", default="", help="comma-separated technique names")
     p.add_argument("--no-distill", action="store_true")
     p.add_argument("--distill-steps", type=int, default=128, help="steps of 32 sentences")
+    p.add_argument(
+        "--distill-text",
+        type=int,
+        default=8192,
+        help="sentences set aside for distillation (calibration's included; fresh text per "
+        "step up to this, then epochs over it); bbc-news holds 37,723 in all",
+    )
     p.add_argument("--threads", type=int, default=2, help="threads for compression/eval")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--out", default=None)
@@ -261,7 +269,8 @@ def setup(args) -> dict:
     original = load_pretrained(folder, max_length=128)
     for p in original.parameters():
         p.requires_grad_(False)
-    sizes = {"eval": 2000, "val": 128, "calib": 512, "clf": 3000, "extra": 7680}
+    sizes = {"eval": 2000, "val": 128, "calib": 512, "clf": 3000}
+    sizes["extra"] = max(0, args.distill_text - sizes["calib"])
     if args.small:
         sizes = {"eval": 200, "val": 32, "calib": 32, "clf": 500, "extra": 0}
     splits = load_splits(original, folder, sizes)

@@ -9,7 +9,9 @@
 
 Latency: ``torch.utils.benchmark`` medians, dense and shrunk measured side by side in one
 process (1 thread, both baked for inference), batch 1 and 64, on three runtimes: eager,
-TorchScript frozen and onnxruntime (``to_inference(m, "onnx")``; columns ``*_onnx_*``).
+TorchScript frozen, onnxruntime (``to_inference(m, "onnx")``; columns ``*_onnx_*``) and the
+C runtime (``to_inference(m, "native")``, ``*_native_*``; the pure-C timing without Python
+is in ``structured_widths.py``).
 
     python benchmarks/structured.py [--case lenet300|resnet8|all] [--quick]
     python benchmarks/structured.py --only-latency [--rounds 5]   # re-time cached runs only
@@ -141,6 +143,12 @@ def latency_pair(dense, small, shape, rounds: int = 3) -> dict:
         suffixes.append("_onnx")
     except Exception as exc:  # onnx / onnxruntime missing: the column is left out
         say(f"onnx runtime skipped: {exc}")
+    try:  # the model compiled to C, called through ctypes
+        models["dense_native"] = to_inference(a, "native")
+        models["shrunk_native"] = to_inference(b, "native")
+        suffixes.append("_native")
+    except Exception as exc:  # no C compiler, or a layer the C runtime refuses
+        say(f"native runtime skipped: {exc}")
     runs = {name: [] for name in models}
     with torch.inference_mode():
         for _ in range(rounds):

@@ -3,8 +3,11 @@ structured benchmarks (``structured.py``, ``structured_widths.py``).
 
 Runtimes: ``eager`` (``to_inference`` dense), ``frozen`` (TorchScript trace + freeze +
 optimize_for_inference), ``onnx`` (onnxruntime through ``to_inference(model, "onnx")``, bound
-buffers) and ``onnx-run`` (a plain ``InferenceSession.run`` on numpy arrays); ``onnx*`` are
-skipped with the reason when onnxruntime is missing. Each round times every (runtime, model,
+buffers), ``onnx-run`` (a plain ``InferenceSession.run`` on numpy arrays), ``native`` (the
+model compiled to C, called through ``ctypes``: ``to_inference(model, "native")``) and ``c``
+(the same C timed by a C program, no Python per call: what a C deployment pays); ``onnx*``
+are skipped with the reason when onnxruntime is missing, ``native`` / ``c`` when no C
+compiler is. Each round times every (runtime, model,
 batch) once in blocks of ~1 ms; kept: the fastest of the rounds' medians (``*_ms``,
 ``speedup_b*``) and the fastest block of all rounds (``*_min_ms``, ``speedup_min_b*``, the
 figure least disturbed by preemption) and the median over rounds of each round's dense /
@@ -20,6 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from brainsurgeon.deploy.native import c_latency_ms, timing_program
 from brainsurgeon.runtime import to_inference
 
 BATCHES = (1, 64)
@@ -54,13 +58,31 @@ def runtimes(model: nn.Module, shape) -> tuple[dict[str, Callable], dict[str, st
         out["onnx-run"] = onnx_run(base, shape)
     except Exception as exc:  # onnx / onnxruntime missing or the export refused
         skipped["onnx"] = skipped["onnx-run"] = f"{type(exc).__name__}: {exc}"
+    try:
+        out["native"] = to_inference(base, "native")
+        out["c"] = CProgram(timing_program(out["native"].source))
+    except Exception as exc:  # no C compiler, or a layer the C runtime refuses
+        skipped["native"] = skipped["c"] = f"{type(exc).__name__}: {exc}"
     return out, skipped
+
+
+class CProgram:
+    """The C timing program of one model: :meth:`block_ms` runs it for ``min_run_time``."""
+
+    def __init__(self, program) -> None:
+        self.program = program
+
+    def block_ms(self, x: torch.Tensor, min_run_time: float) -> tuple[float, float]:
+        blocks = sorted(c_latency_ms(self.program, len(x), min_run_time))
+        return blocks[len(blocks) // 2], blocks[0]
 
 
 def block_ms(fn: Callable, x: torch.Tensor, min_run_time: float) -> tuple[float, float]:
     """``(median, min)`` ms per call over blocks of calls (each block ~1 ms) filling
     ``min_run_time``: the median is the usual figure; the fastest block is the cost without
     preemption, the robust one when other processes share the cores."""
+    if isinstance(fn, CProgram):
+        return fn.block_ms(x, min_run_time)
     fn(x)  # warm-up
     t0 = time.perf_counter()
     fn(x)

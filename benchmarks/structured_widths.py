@@ -7,8 +7,10 @@ same cached dense run exactly as ``benchmarks/structured.py`` does (neuron-level
 4 rounds with fine-tuning, 10 final epochs, then distillation from the dense model) and
 saved as a run under ``runs/bench/structured-lenet300-<widths>``; ``--only-latency`` reuses
 those runs and only times. Latency: dense and shrunk on the *same* runtime (eager, TorchScript
-frozen, onnxruntime ``run`` and onnxruntime with bound buffers), all interleaved in rounds on
-one thread; the fastest of the rounds' medians is kept, ``speedup = dense / shrunk``.
+frozen, onnxruntime ``run`` and onnxruntime with bound buffers, the C runtime through ctypes
+and the same C timed by a C program), all interleaved in rounds on one thread; the fastest of
+the rounds' medians is kept, ``speedup = dense / shrunk``. The ``c`` column is what a C
+deployment of ``brainsurgeon export RUN --out model.c`` pays per call (no Python in the loop).
 ``--floor`` also times a 784-1-1-10 model with the same layers: its speedup bounds what any
 shrinking can reach on that runtime (the per-call cost that does not depend on the widths).
 
@@ -147,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "floor": floor,
         "loadavg": os.getloadavg(),
-        "note": "dense and shrunk timed on the same runtime, interleaved in rounds on a "
-        "shared 2-core machine; fastest of the rounds' medians; re-run when quiet",
+        "note": "dense and shrunk timed on the same runtime, interleaved in rounds on one "
+        "thread of a 2-core machine with nothing else running; fastest of the rounds' medians; "
+        "latencies in ms",
         "environment": environment(),
     }
     write_json(RESULTS / "structured_widths.json", out)

@@ -18,7 +18,8 @@ can then hand the layers to a runtime registered in :data:`RUNTIMES`:
   (``benchmarks/structured_widths.py``, on a loaded machine);
 * ``native``: a chain of Linear / BatchNorm1d / activation layers compiled to C with the
   system compiler and called through ``ctypes`` (:class:`brainsurgeon.deploy.NativeModule`):
-  almost no per-call cost, for batch-1 latency of small models.
+  little per-call cost, for batch-1 latency of small models (dense LeNet-300-100: 18 us
+  against 46 us eager; ~5 us of it is the Python call, which a C caller does not pay).
 
 Add a runtime with ``@register_runtime(name, description)`` on
 ``convert(model, min_sparsity) -> model`` (``model`` is already a baked, eval copy).
