@@ -152,6 +152,9 @@ def test_cli_export_c_writes_source_and_header_that_match(trained_run, tmp_path)
     header = (tmp_path / "lenet.h").read_text()
     assert "void bs_model_forward(int n, const float *x, float *y);" in header
     assert "#define BS_MODEL_IN 64" in header
+    mean = bs.load_run(trained_run).data().normalization["mean"]  # a C caller must normalise
+    assert f"#define BS_MODEL_MEAN {mean!r}f" in header and "normalised as in training" in header
+    assert payload["normalization"]["mean"] == mean
     # the written file, compiled on its own, computes the model (the oracle: PyTorch)
     native = NativeModule(bs.load_run(trained_run, inference=True).model, (1, 8, 8))
     assert native.source == out.read_text()

@@ -179,6 +179,11 @@ def render_c(p: dict) -> str:
     ]
     if "top1_agreement" in c:
         rows.append(["top-1 agreement", f"{100 * c['top1_agreement']:.2f}%"])
+    if p.get("normalization"):
+        n = p["normalization"]
+        rows.append(
+            ["inputs", f"normalised as in training: (raw - {n['mean']:.6g}) / {n['std']:.6g}"]
+        )
     rows.append(["batch-1 latency", f"{p['batch1_latency_us']:.2f} us (median, compiled here)"])
     rows.append(["compiler", f"{p['compiler']} -O3 -march=native (rebuild with your flags)"])
     return table(rows, ["", "C export"])
