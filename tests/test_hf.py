@@ -254,3 +254,46 @@ def test_a_shrunk_model_is_not_a_transformers_folder(bert, tmp_path):
     with pytest.raises(ConfigError, match="cannot express"):
         save_pretrained(model, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_layer_input_statistics_leave_the_padding_out(bert):
+    """Oracle: each sentence alone (no padding after trimming) summed; a padded batch must
+    give the same ``X^T X`` and row count for every Linear, sequential or not."""
+    from brainsurgeon.curvature.blockwise import Step, plan
+    from brainsurgeon.curvature.layer_inputs import LayerInputStats
+    from brainsurgeon.data.core import Dataset
+
+    model = bert[0]
+    x = _tokens(6, seed=3)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    batched = {n: LayerInputStats(m, n, torch.float64).attach() for n, m in linears.items()}
+    with torch.no_grad():
+        model(x)
+    alone = {n: LayerInputStats(m, n, torch.float64).attach() for n, m in linears.items()}
+    for st in batched.values():
+        st.detach()
+    with torch.no_grad():
+        for i in range(len(x)):
+            model(x[i : i + 1])
+    for st in alone.values():
+        st.detach()
+    assert int(x[:, 1].sum()) < x[:, 1].numel()  # the batch is padded
+    for n in linears:
+        assert batched[n].count_ == alone[n].count_ == int(x[:, 1].sum()), n
+        torch.testing.assert_close(batched[n].sum_, alone[n].sum_, rtol=1e-5, atol=1e-6)
+    # block-by-block calibration replays the stored blocks with the same token mask
+    from brainsurgeon.curvature.blockwise import Calibrator
+
+    data = Dataset(x, torch.zeros(len(x), dtype=torch.long))
+    name = "backbone.encoder.layer.1.intermediate.dense"
+    steps = [Step(name + ".weight", linears[name], "weight")]
+    seen = {}
+
+    def solve(step, H):
+        seen["H"] = H
+        return getattr(step.module, step.tensor).detach().clone()
+
+    chain = plan(model, steps, data, "cpu")
+    Calibrator(model, chain, data, solve, batch_size=4).run(steps)
+    expected = (2.0 * alone[name].sum_ / alone[name].count_).float()
+    torch.testing.assert_close(seen["H"], expected, rtol=1e-5, atol=1e-6)

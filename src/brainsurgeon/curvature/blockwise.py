@@ -33,6 +33,7 @@ from .. import distributed as parallel
 from ..data.core import Dataset
 from ..distributed import layers
 from ..models.adapters import layout_of
+from ..models.adapters.rows import current_rows, valid_rows
 from ..state import make_permanent
 from ..utils import preserved_modes
 from .chain import PREFIX, SUFFIX, Chain, find_chain, first, probe
@@ -56,8 +57,8 @@ Solve = Callable[[Step, "Tensor | None"], Tensor]
 
 
 class _Stop(Exception):  # noqa: N818 - control flow, never escapes
-    def __init__(self, args, kwargs) -> None:
-        self.args_, self.kwargs_ = args, kwargs
+    def __init__(self, args, kwargs) -> None:  # raised inside the adapter: its token mask
+        self.args_, self.kwargs_, self.rows = args, kwargs, current_rows()
 
 
 def plan(model: nn.Module, steps: list[Step], data: Dataset, device) -> Chain | str:
@@ -182,9 +183,9 @@ class Calibrator:
                 try:
                     self.model(x)
                 except _Stop as s:
-                    if capture:
+                    if capture:  # the inputs and which of their rows are real tokens
                         a, k = _to(s.args_, self.store), _to(s.kwargs_, self.store)
-                        stored.append((a[0], a[1:], k))
+                        stored.append((a[0], a[1:], k, s.rows))
         finally:
             handle.remove()
         return stored
@@ -211,12 +212,13 @@ class Calibrator:
         """Run block ``i`` on the stored inputs; ``keep``: return the next stored inputs
         (and, in ``self.raw``, the block's whole outputs when ``keep == "raw"``)."""
         out, self.raw = [], []
-        for x, rest, kwargs in stored[:1] if first_only else stored:
+        for x, rest, kwargs, rows in stored[:1] if first_only else stored:
             x = x.to(self.device)
-            y = work(x.clone() if i in self.chain.inplace else x, *_to(rest, self.device),
-                     **_to(kwargs, self.device))  # fmt: skip
+            with valid_rows(rows):
+                y = work(x.clone() if i in self.chain.inplace else x, *_to(rest, self.device),
+                         **_to(kwargs, self.device))  # fmt: skip
             if keep:
-                out.append((first(y).to(self.store), rest, kwargs))
+                out.append((first(y).to(self.store), rest, kwargs, rows))
             if keep == "raw":
                 self.raw.append(_to(y, self.store))
         return out

@@ -3,7 +3,8 @@
 Feeds layer-wise OBS (OBC / SparseGPT) and GPTQ. ``X`` has one column per input row, in the
 layout of :func:`weight_matrix` (``W`` is the tensor as an (outputs, inputs) matrix):
 
-* ``Linear``: the input vectors (extra leading dimensions flattened);
+* ``Linear``: the input vectors (extra leading dimensions flattened; of a padded text batch,
+  only the real tokens' rows: :mod:`brainsurgeon.models.adapters.rows`);
 * ``Conv2d``: the unfolded patches (``in*kh*kw`` long, one per output position);
 * ``Embedding``: one-hot token ids, so ``X X^T`` is the diagonal of token counts;
 * ``LSTM``/``GRU`` (one layer, one direction): ``weight_ih_l0`` sees the input steps,
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import DataError, NumericalError, UnsupportedLayerError
+from ..models.adapters.rows import real_rows
 from ..models.adapters.tensors import layer_kind, layout_of
 from .layers import conv2d_columns
 
@@ -38,8 +40,7 @@ def _gram(rows: Tensor) -> tuple[Tensor, int]:
 
 
 def _linear(module, tensor, args, kwargs, out):
-    x = args[0]
-    return _gram(x.reshape(-1, x.shape[-1]))
+    return _gram(real_rows(args[0]))  # padding positions of a text batch left out
 
 
 def _conv2d(module, tensor, args, kwargs, out):

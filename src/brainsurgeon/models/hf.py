@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .adapters.rows import valid_rows
 
 HEADS = ("embedding", "classification")
 POOLINGS = ("mean", "cls")
@@ -80,7 +81,8 @@ class HFEncoder(nn.Module):
         kwargs = {"input_ids": ids, "attention_mask": mask if concrete else _additive(mask)}
         if types is not None:
             kwargs["token_type_ids"] = types
-        out = self.backbone(**kwargs)
+        with valid_rows(mask if concrete else None):  # statistics skip the padding
+            out = self.backbone(**kwargs)
         if self.head == "classification":
             return out.logits
         hidden = out.last_hidden_state
