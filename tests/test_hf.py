@@ -297,3 +297,19 @@ def test_layer_input_statistics_leave_the_padding_out(bert):
     Calibrator(model, chain, data, solve, batch_size=4).run(steps)
     expected = (2.0 * alone[name].sum_ / alone[name].count_).float()
     torch.testing.assert_close(seen["H"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_unit_activation_statistics_leave_the_padding_out(bert):
+    """FFN neurons' mean |a| and APoZ of a padded batch equal those of its sentences alone."""
+    from brainsurgeon.structured import find_groups
+    from brainsurgeon.structured.unit_stats import ActivationStats
+
+    model, x = bert[0], _tokens(6, seed=4)
+    groups = [g for g in find_groups(model, x) if g.kind == "neuron"]
+    batched, alone = ActivationStats(groups[0]), ActivationStats(groups[0])
+    batched.update(model, x)
+    for i in range(len(x)):
+        alone.update(model, x[i : i + 1])
+    assert batched.count_ == alone.count_
+    torch.testing.assert_close(batched.mean_abs(), alone.mean_abs(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(batched.apoz(), alone.apoz())

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, NumericalError, UnsupportedLayerError
+from ..models.adapters.rows import real_rows
 from ..state import original
 from .groups import Group, Slice
 
@@ -54,7 +55,7 @@ class InputHessians:
             module = model.get_submodule(name)
 
             def hook(mod, args, h=h):
-                rows = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+                rows = real_rows(args[0].detach()).double()  # a text batch: no padding
                 if h.shape[0] > rows.shape[1]:
                     rows = torch.cat([rows, torch.ones_like(rows[:, :1])], 1)
                 h += 2.0 * (rows.T @ rows).cpu()

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, UnsupportedLayerError
 from ..losses import LossFn, checked
 from ..models.adapters import layer_kind
+from ..models.adapters.rows import real_positions
 from .groups import Group, Slice
 
 #: consumer module class -> (feature dim of its input, weight axis that reads the features)
@@ -121,7 +122,8 @@ class ActivationStats:
             dim = feature_dim(module, s)
 
             def hook(mod, args, s=s, dim=dim):
-                a = unit_view(args[0].detach(), dim, s, self.group.units).double()
+                x, d = real_positions(args[0].detach(), dim)  # a text batch: no padding
+                a = unit_view(x, d, s, self.group.units).double()
                 self.abs_sum_ += a.abs().sum((0, 2)).cpu()
                 self.zeros_ += (a == 0).sum((0, 2)).cpu().double()
                 self.count_ += a.shape[0] * a.shape[2]

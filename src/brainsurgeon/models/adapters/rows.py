@@ -42,3 +42,13 @@ def real_rows(x: Tensor) -> Tensor:
     if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
         return x[mask.to(x.device)]
     return x.reshape(-1, x.shape[-1])
+
+
+def real_positions(x: Tensor, dim: int) -> tuple[Tensor, int]:
+    """``x`` with features on ``dim``: of an input ``(N, L, F)`` (``dim`` the last) under a
+    matching mask, the real positions ``(R, F)`` and its feature dim; else ``x, dim``."""
+    mask = _ROWS.get()
+    last = dim % x.dim() == x.dim() - 1
+    if mask is not None and last and x.dim() > 2 and tuple(x.shape[:-1]) == tuple(mask.shape):
+        return x[mask.to(x.device)], 1
+    return x, dim
