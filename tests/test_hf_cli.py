@@ -204,3 +204,12 @@ def test_quantize_compare_and_sensitivity_report_the_cosine(imported, tmp_path):
     proc = run_cli("sensitivity", str(run), "--sparsities", "0.5", "--samples", "16",
                    "--out", str(tmp_path / "s"), "--quiet")  # fmt: skip
     assert proc.returncode == 0 and "validation cosine" in proc.stdout, proc.stderr
+
+
+def test_distilling_a_text_teacher_into_an_mlp_is_refused(imported, tmp_path):
+    _, _, run = imported
+    proc = run_cli(
+        "distill", "--teacher", str(run), "--student", "mlp:64-10", "--out", str(tmp_path / "s")
+    )
+    assert proc.returncode == 2 and "reads token ids" in proc.stderr
+    assert "--finetune-epochs" in proc.stderr and not (tmp_path / "s").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from .common import add_common, emit, say, table
 from .runs_common import add_resume
 
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     teacher_run = load_run(args.teacher, device=device)
     data = teacher_run.data(progress=not args.quiet)
+    _check_student_reads(args.student, data)
     seed_everything(args.seed)
     student = build_model(args.student, data.input_shape, data.num_classes)
     task = args.task_loss or recorded_loss(
@@ -167,6 +170,21 @@ def run(args: argparse.Namespace) -> int:
     out = save(student, args.out, config=cfg, metrics=metrics, force=True)
     emit(args, {"out": str(out), **record}, _text(record, out))
     return 0
+
+
+def _check_student_reads(spec: str, data) -> None:
+    """A built-in student (lenet, mlp, ...) reads float tensors; a text teacher's data are
+    token ids (N, 2, L) and its outputs embeddings, not classes: refuse before building."""
+    from ..data import as_dataset
+    from ..errors import ConfigError
+
+    if as_dataset(data, "train").x.dtype == torch.int64:
+        raise ConfigError(
+            f"the teacher reads token ids {tuple(data.input_shape)} (a text model) and "
+            f"--student {spec} reads float features; to distil a text model, compress it "
+            "with fine-tuning (`brainsurgeon prune RUN ... --finetune-epochs N`: its targets "
+            "are the original's embeddings, a self-distillation)"
+        )
 
 
 def _record(args, config, teacher_run, student, result, evals) -> dict:
