@@ -179,7 +179,7 @@ def test_bad_split_and_length_options_are_refused(imported, tmp_path, option, va
 def test_unknown_export_format_is_refused(imported, tmp_path):
     _, _, run = imported
     proc = run_cli("export", str(run), "--format", "tflite", "--out", str(tmp_path / "m"))
-    assert proc.returncode == 2 and "--format must be bsc, onnx or hf" in proc.stderr
+    assert proc.returncode == 2 and "--format must be bsc, onnx, hf or c" in proc.stderr
     assert not (tmp_path / "m").exists()
 
 
