@@ -138,17 +138,25 @@ def render(p: dict) -> str:
         ["runtime", kind],
         ["input", f"{p['versions']['input']} {p['input_shape']}"],
         ["output", f"{p['versions']['output']} {p['output_shape']}"],
+        *_check_rows(c),
+    ]
+    v = p["versions"]
+    rows.append(
+        ["versions", f"onnx {v['onnx']}, onnxruntime {v['onnxruntime']}, opset {v['opset']}"]
+    )
+    return table(rows, ["", "onnx export"])
+
+
+def _check_rows(c: dict) -> list[list[str]]:
+    """The table rows of a check against PyTorch (:func:`brainsurgeon.deploy.onnx.agreement`)."""
+    rows = [
         ["checked on", c["source"]],
         ["max abs diff", f"{c['max_abs_diff']:.3g} (outputs up to {c['max_abs_output']:.3g})"],
         ["relative error", f"{c['relative_error']:.3g} <= tolerance {c['tolerance']:g}"],
     ]
     if "top1_agreement" in c:
         rows.append(["top-1 agreement", f"{100 * c['top1_agreement']:.2f}%"])
-    v = p["versions"]
-    rows.append(
-        ["versions", f"onnx {v['onnx']}, onnxruntime {v['onnxruntime']}, opset {v['opset']}"]
-    )
-    return table(rows, ["", "onnx export"])
+    return rows
 
 
 def run_c(args: argparse.Namespace, out: Path) -> int:
@@ -173,12 +181,8 @@ def render_c(p: dict) -> str:
         ["function", f"void {p['symbol']}(int n, const float *x, float *y)"],
         ["input", f"n x {p['input_shape']} float32"],
         ["output", f"n x {p['output_shape']} float32"],
-        ["checked on", c["source"]],
-        ["max abs diff", f"{c['max_abs_diff']:.3g} (outputs up to {c['max_abs_output']:.3g})"],
-        ["relative error", f"{c['relative_error']:.3g} <= tolerance {c['tolerance']:g}"],
+        *_check_rows(c),
     ]
-    if "top1_agreement" in c:
-        rows.append(["top-1 agreement", f"{100 * c['top1_agreement']:.2f}%"])
     if p.get("normalization"):
         n = p["normalization"]
         rows.append(

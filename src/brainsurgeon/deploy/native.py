@@ -259,16 +259,12 @@ def export_c(
 
 def compare(model: nn.Module, native: NativeModule, x: torch.Tensor) -> dict[str, Any]:
     """The C outputs against PyTorch's on ``x``: max abs diff, relative error, top-1."""
+    from .onnx import agreement
+
     with torch.no_grad():
         ref = model(x).float()
-    got = native(x)
-    diff = float((got - ref).abs().max())
-    scale = float(ref.abs().max())
-    rel = diff / max(scale, 1e-12) if bool(torch.isfinite(got).all()) else float("inf")
-    out = {"samples": len(x), "max_abs_diff": diff, "max_abs_output": scale,
-           "relative_error": rel, "tolerance": TOLERANCE, "passed": rel <= TOLERANCE}  # fmt: skip
-    if ref.dim() == 2 and ref.shape[1] > 1:
-        out["top1_agreement"] = float((got.argmax(1) == ref.argmax(1)).float().mean())
+    out = agreement(ref, native(x))
+    out.update(tolerance=TOLERANCE, passed=out["relative_error"] <= TOLERANCE)
     return out
 
 

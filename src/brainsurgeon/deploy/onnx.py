@@ -118,14 +118,20 @@ def compare(model: nn.Module, graph: bytes, x: torch.Tensor, *, batch: int | Non
         got = run_session(session, x)
     else:
         got = torch.cat([run_session(session, x[i : i + batch]) for i in range(0, len(x), batch)])
+    return {**agreement(ref, got), "output_tail": tuple(ref.shape[1:])}
+
+
+def agreement(ref: torch.Tensor, got: torch.Tensor) -> dict:
+    """``got`` (N, ...) against the reference outputs: samples, max abs diff, max |ref|,
+    relative error ``max |got - ref| / max |ref|`` (inf if ``got`` is not finite), and
+    top-1 agreement for (N, C) outputs."""
     diff = float((got - ref).abs().max())
     scale = float(ref.abs().max())
     out = {
-        "samples": int(len(x)),
+        "samples": int(len(ref)),
         "max_abs_diff": diff,
         "max_abs_output": scale,
         "relative_error": diff / max(scale, 1e-12),
-        "output_tail": tuple(ref.shape[1:]),
     }
     if ref.dim() == 2 and ref.shape[1] > 1:
         out["top1_agreement"] = float((got.argmax(1) == ref.argmax(1)).float().mean())
